@@ -1,0 +1,93 @@
+"""`glann train | sample`: argument parsing over the same functions a Python user calls."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .pipeline import train
+
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config:  # `glann train --resume --run-dir X key=value`
+        overrides.insert(0, config)
+        config = None
+    if config is None and not (args.resume and args.run_dir):
+        raise SystemExit("glann train: give a config file (e.g. configs/fashion_mnist.yaml), "
+                         "or --resume --run-dir RUN to continue a run")
+    cfg = load_config(config, overrides)
+    path = train(cfg, resume=args.resume, run_dir=args.run_dir)
+    print(f"run directory: {path}\nsamples: {path / 'samples.png'}")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from .images import unit_to_uint8
+    from .sampler import Sampler
+
+    sampler = Sampler.from_pretrained(args.run, device=args.device)
+    images = sampler.sample(args.num, seed=args.seed)
+    if args.format == "npz":
+        out = Path(args.output or "samples.npz")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        arr = unit_to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()  # N x H x W x C uint8
+        np.savez_compressed(out, images=arr)
+        print(f"wrote {len(arr)} samples to {out} (uint8 N x H x W x C under key 'images')")
+    elif args.out_dir:
+        from torchvision.utils import save_image
+
+        out_dir = Path(args.out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for i, img in enumerate(images.cpu()):
+            save_image(img, out_dir / f"{i:06d}.png")
+        print(f"wrote {len(images)} PNGs to {out_dir}")
+    else:
+        out = sampler.save_grid(images, args.output or "samples.png")
+        print(f"wrote a grid of {len(images)} samples to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="glann", description="GLANN: non-adversarial image generation (GLO + IMLE)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train GLO then IMLE; writes runs/<name>/")
+    t.add_argument("config", nargs="?", help="YAML config, e.g. configs/fashion_mnist.yaml")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. glo.epochs=5 data.limit=1000")
+    t.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    t.add_argument("--run-dir", help="run directory (default: <out_dir>/<name> from the config)")
+    t.set_defaults(func=_train)
+
+    s = sub.add_parser("sample", help="draw samples from a trained run")
+    s.add_argument("run", help="run directory, e.g. runs/fashion_mnist")
+    s.add_argument("-n", "--num", type=int, default=64, help="number of samples (default 64)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-o", "--output", help="grid PNG (default samples.png) or .npz file with --format npz")
+    s.add_argument("--out-dir", help="write one PNG per sample into this folder instead of a grid")
+    s.add_argument("--format", choices=["png", "npz"], default="png")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=_sample)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .errors import GlannError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except GlannError as exc:
+        print(f"glann: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("glann: interrupted; the last checkpoint is intact, continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

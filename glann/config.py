@@ -1,0 +1,170 @@
+"""Configuration: one dataclass per stage, YAML and `key=value` overrides merged on top.
+
+The defaults are the reference GLANN configuration for Fashion-MNIST (yedidh/glann,
+configs/fashion.yaml); YAML files only override. OmegaConf does the merging and the
+type checking; this module turns its exceptions into a one-line `ConfigError`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional, Sequence, Union
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import ConfigError
+
+IMAGE_SIZES = (28, 32, 64, 128)
+DATA_SOURCES = ("fashion_mnist", "mnist", "cifar10", "folder", "array", "shapes")
+LOSSES = ("lap1", "lpips", "vgg", "l1", "l2")
+KNN_BACKENDS = ("auto", "faiss", "torch")
+
+
+@dataclass
+class DataConfig:
+    source: str = "fashion_mnist"
+    # Directory (idx/cifar/folder sources) or file (array source). None: search the usual places.
+    path: Optional[str] = None
+    split: str = "train"
+    # Keep the first `limit` images (None: all).
+    limit: Optional[int] = None
+    # Folder/array sources are resized and centre-cropped to this; None keeps the native size.
+    image_size: Optional[int] = None
+    # 1 (grey) or 3 (RGB); None keeps the source's.
+    channels: Optional[int] = None
+    # Allow torchvision to download a missing dataset (never in tests: they set this false).
+    download: bool = True
+
+
+@dataclass
+class ModelConfig:
+    nz: int = 64  # latent code size (reference: 64)
+    ngf: int = 64  # width of the last generator conv layer; earlier ones double
+    fc_dim: int = 1024  # hidden width of the generator's fully connected stem (reference: 1024)
+    batch_norm: bool = True  # reference do_bn: True
+    noise_dim: int = 32  # IMLE noise size (reference: 32)
+    mapper_hidden: List[int] = field(default_factory=lambda: [128, 128])
+
+
+@dataclass
+class GLOConfig:
+    epochs: int = 200
+    batch_size: int = 128
+    lr_codes: float = 0.01
+    lr_generator: float = 0.001
+    beta1: float = 0.5
+    beta2: float = 0.999
+    decay_every: int = 20  # epochs between learning-rate halvings
+    decay_rate: float = 0.5
+    loss: str = "lap1"
+    # vgg/lpips only: use randomly initialised backbones (tests and timing; not for real training).
+    loss_random_weights: bool = False
+
+
+@dataclass
+class IMLEConfig:
+    epochs: int = 50
+    batch_size: int = 128
+    lr: float = 0.001
+    beta1: float = 0.5
+    beta2: float = 0.999
+    weight_decay: float = 1e-5
+    decay_every: int = 50
+    decay_rate: float = 0.5
+    samples_per_point: float = 2.0  # mapped samples drawn per data code each refresh (reference: 2)
+    refresh_every: int = 1  # epochs between nearest-neighbour searches (reference: every epoch)
+    knn_backend: str = "auto"
+    knn_query_batch: int = 4096
+
+
+@dataclass
+class GlannConfig:
+    name: str = "fashion_mnist"
+    out_dir: str = "runs"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    checkpoint_every: int = 1  # epochs
+    sample_every: int = 1  # epochs between PNG grids
+    grid_size: int = 64
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    glo: GLOConfig = field(default_factory=GLOConfig)
+    imle: IMLEConfig = field(default_factory=IMLEConfig)
+
+
+def _fail(exc: OmegaConfBaseException, where: str) -> ConfigError:
+    key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
+    msg = str(exc).splitlines()[0]
+    if key:
+        return ConfigError(f"{where}: bad config key '{key}': {msg} (see glann/config.py for the valid keys)")
+    return ConfigError(f"{where}: {msg}")
+
+
+def load_config(path: Union[str, Path, None] = None, overrides: Sequence[str] = ()) -> GlannConfig:
+    """Defaults <- YAML file at `path` <- `key=value` overrides; validated.
+
+    Raises ConfigError naming the key for an unknown key, a wrong type or a bad value.
+    """
+    merged = OmegaConf.structured(GlannConfig)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found; pass a YAML file such as configs/fashion_mnist.yaml")
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as exc:  # yaml.YAMLError and friends
+            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        try:
+            merged = OmegaConf.merge(merged, loaded)
+        except OmegaConfBaseException as exc:
+            raise _fail(exc, str(path)) from exc
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. glo.epochs=5)")
+    try:
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as exc:
+        raise _fail(exc, "overrides") from exc
+    cfg: GlannConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: GlannConfig) -> None:
+    """Range checks OmegaConf's type checks cannot express."""
+    checks: list[tuple[bool, str]] = [
+        (cfg.data.source in DATA_SOURCES, f"data.source must be one of {DATA_SOURCES}, got '{cfg.data.source}'"),
+        (cfg.data.split in ("train", "test"), f"data.split must be train or test, got '{cfg.data.split}'"),
+        (cfg.data.limit is None or cfg.data.limit > 0, "data.limit must be positive"),
+        (cfg.data.image_size is None or cfg.data.image_size in IMAGE_SIZES,
+         f"data.image_size must be one of {IMAGE_SIZES}, got {cfg.data.image_size}"),
+        (cfg.data.channels in (None, 1, 3), f"data.channels must be 1 or 3, got {cfg.data.channels}"),
+        (cfg.glo.loss in LOSSES, f"glo.loss must be one of {LOSSES}, got '{cfg.glo.loss}'"),
+        (cfg.imle.knn_backend in KNN_BACKENDS,
+         f"imle.knn_backend must be one of {KNN_BACKENDS}, got '{cfg.imle.knn_backend}'"),
+        (cfg.imle.samples_per_point > 0, "imle.samples_per_point must be positive"),
+        (cfg.glo.epochs >= 0 and cfg.imle.epochs >= 0, "epochs must be >= 0"),
+        (cfg.glo.batch_size > 0 and cfg.imle.batch_size > 0, "batch sizes must be positive"),
+        (cfg.model.nz > 0 and cfg.model.noise_dim > 0, "model.nz and model.noise_dim must be positive"),
+        (cfg.imle.refresh_every >= 1 and cfg.checkpoint_every >= 1 and cfg.sample_every >= 1,
+         "imle.refresh_every, checkpoint_every and sample_every must be >= 1"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+
+
+def to_yaml(cfg: GlannConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def config_from_dict(d: dict[str, Any]) -> GlannConfig:
+    """Rebuild a config from a saved run's config.yaml contents (validated like a user's)."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(GlannConfig), OmegaConf.create(d))
+    except OmegaConfBaseException as exc:
+        raise _fail(exc, "saved config") from exc
+    cfg: GlannConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    validate(cfg)
+    return cfg

@@ -1,0 +1,304 @@
+"""Dataset sources -> one uint8 tensor N x C x H x W (+ int64 labels when the source has them).
+
+The whole dataset lives on the training device; batches are index gathers (GLO needs the
+index of every image anyway), so there is no DataLoader on the hot path.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import IMAGE_SIZES, DataConfig
+from .errors import DataError
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# Debian's dataset packages install here (apt-get install dataset-fashion-mnist).
+DEBIAN_DIR = Path("/usr/share/datasets")
+_IDX_NAMES = {"fashion_mnist": ("fashion-mnist", "FashionMNIST"), "mnist": ("mnist", "MNIST")}
+_IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+@dataclass
+class Dataset:
+    """images: uint8 N x C x H x W; labels: int64 N, or None when the source has none."""
+
+    images: torch.Tensor
+    labels: Optional[torch.Tensor]
+    name: str
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.images.shape[-1]
+
+
+def cache_dir() -> Path:
+    """Where downloads and cached artefacts go: $GLANN_CACHE, else ~/.cache/glann."""
+    return Path(os.environ.get("GLANN_CACHE", Path.home() / ".cache" / "glann"))
+
+
+def load_dataset(cfg: DataConfig, device: torch.device | str = "cpu", seed: int = 0) -> Dataset:
+    """Load the configured source, apply limit/size/channels, move to `device`."""
+    if cfg.source in _IDX_NAMES:
+        images, labels = _load_idx_dataset(cfg)
+    elif cfg.source == "cifar10":
+        images, labels = _load_cifar10(cfg)
+    elif cfg.source == "folder":
+        images, labels = _load_folder(cfg), None
+    elif cfg.source == "array":
+        images, labels = _load_array(cfg)
+    elif cfg.source == "shapes":
+        images, labels = make_shapes(cfg.limit or 512, cfg.image_size or 28, seed=seed)
+    else:  # config validation already refuses this
+        raise DataError(f"unknown data.source '{cfg.source}'")
+
+    if cfg.limit is not None:
+        images = images[: cfg.limit]
+        labels = labels[: cfg.limit] if labels is not None else None
+    if images.shape[0] == 0:
+        raise DataError(f"data source '{cfg.source}' holds no images")
+    images = _fit(images, cfg)
+    if labels is not None and labels.shape[0] != images.shape[0]:
+        raise DataError(f"{labels.shape[0]} labels for {images.shape[0]} images in '{cfg.source}'; "
+                        "the label and image files do not belong together")
+    return Dataset(images.contiguous().to(device), labels.to(device) if labels is not None else None, cfg.source)
+
+
+def _fit(images: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
+    """Convert channels and size as configured, and refuse what the generator cannot take."""
+    c = images.shape[1]
+    if cfg.channels is not None and cfg.channels != c:
+        if cfg.channels == 1:  # ITU-R 601 luma, as PIL's convert("L")
+            w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+            images = (images.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+        else:
+            images = images.expand(-1, 3, -1, -1)
+    if images.shape[1] not in (1, 3):
+        raise DataError(f"images have {images.shape[1]} channels; glann takes 1 or 3 (set data.channels=1 or 3)")
+    h, w = images.shape[-2:]
+    size = cfg.image_size or h
+    if (h, w) != (size, size):
+        if cfg.image_size is None:
+            raise DataError(f"images are {h}x{w}; set data.image_size to one of {IMAGE_SIZES} to resize them")
+        images = resize_center_crop(images, size)
+    if size not in IMAGE_SIZES:
+        raise DataError(f"images are {size}x{size} px; the generator takes {IMAGE_SIZES} "
+                        f"(set data.image_size to one of them)")
+    return images
+
+
+def resize_center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 N x C x H x W -> uint8 N x C x size x size: shorter side to `size`, centre crop."""
+    h, w = images.shape[-2:]
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    out = F.interpolate(images.float(), size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    out = out[..., top: top + size, left: left + size]
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+# ---------------------------------------------------------------- IDX (MNIST, Fashion-MNIST)
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped) into a uint8 array; DataError naming the file if corrupt."""
+    try:
+        raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"cannot read {path}: {exc}; delete it and fetch the dataset again") from exc
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path} is not a uint8 IDX file (bad magic number); delete it and fetch it again")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise DataError(f"{path} has a truncated IDX header; delete it and fetch it again")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    expected = int(np.prod(dims))
+    if len(raw) - header != expected:
+        raise DataError(f"{path} holds {len(raw) - header} bytes of data, its header promises {expected} "
+                        f"(truncated or corrupt); delete it and fetch it again")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _find_idx(directory: Path, stem: str) -> Optional[Path]:
+    for name in (stem, stem + ".gz"):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def _idx_search_dirs(cfg: DataConfig) -> list[Path]:
+    debian_name, tv_name = _IDX_NAMES[cfg.source]
+    dirs = []
+    if cfg.path:
+        dirs += [Path(cfg.path), Path(cfg.path) / tv_name / "raw"]
+    if os.environ.get("GLANN_DATA"):
+        root = Path(os.environ["GLANN_DATA"])
+        dirs += [root / debian_name, root / cfg.source, root / tv_name / "raw", root]
+    dirs += [DEBIAN_DIR / debian_name, cache_dir() / "data" / tv_name / "raw"]
+    return dirs
+
+
+def _load_idx_dataset(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    img_stem, lbl_stem = _IDX_FILES[cfg.split]
+    dirs = _idx_search_dirs(cfg)
+    found = next((d for d in dirs if _find_idx(d, img_stem)), None)
+    if found is None and cfg.download and not cfg.path:
+        found = _download_idx(cfg)
+    if found is None:
+        debian_name, _ = _IDX_NAMES[cfg.source]
+        raise DataError(
+            f"{cfg.source} ({img_stem}) not found in {', '.join(str(d) for d in dirs)}; get it with "
+            f"`apt-get install dataset-{debian_name}`, set data.path or $GLANN_DATA to a folder holding the "
+            f"IDX files, or allow the download with data.download=true")
+    images = read_idx(_find_idx(found, img_stem))  # type: ignore[arg-type]
+    if images.ndim != 3:
+        raise DataError(f"{found / img_stem}: expected N x H x W images, got shape {images.shape}")
+    lbl_path = _find_idx(found, lbl_stem)
+    labels = torch.from_numpy(read_idx(lbl_path).astype(np.int64)) if lbl_path else None
+    return torch.from_numpy(images.copy()).unsqueeze(1), labels
+
+
+def _download_idx(cfg: DataConfig) -> Optional[Path]:
+    """torchvision's download into the glann cache; None when offline."""
+    import torchvision.datasets as tvd
+
+    _, tv_name = _IDX_NAMES[cfg.source]
+    root = cache_dir() / "data"
+    try:
+        getattr(tvd, tv_name)(str(root), train=cfg.split == "train", download=True)
+    except Exception:  # offline, mirror down: the caller reports every way to get the data
+        return None
+    return root / tv_name / "raw"
+
+
+# ---------------------------------------------------------------- CIFAR-10
+
+def _load_cifar10(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    import torchvision.datasets as tvd
+
+    root = Path(cfg.path) if cfg.path else Path(os.environ.get("GLANN_DATA", cache_dir() / "data"))
+    try:
+        ds = tvd.CIFAR10(str(root), train=cfg.split == "train", download=cfg.download)
+    except RuntimeError as exc:
+        raise DataError(f"CIFAR-10 not found under {root} ({exc}); set data.path to the folder holding "
+                        f"cifar-10-batches-py, or allow the download with data.download=true") from exc
+    except Exception as exc:
+        raise DataError(f"CIFAR-10 could not be loaded from or downloaded to {root}: {exc}") from exc
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+    return images, torch.tensor(ds.targets, dtype=torch.int64)
+
+
+# ---------------------------------------------------------------- folder of images
+
+def _load_folder(cfg: DataConfig) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    if not cfg.path:
+        raise DataError("data.source=folder needs data.path=DIR, a folder of images")
+    root = Path(cfg.path)
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist; set data.path to a folder of images")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if cfg.limit is not None:
+        files = files[: cfg.limit]
+    if not files:
+        raise DataError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {root}")
+    size = cfg.image_size or 64
+    mode = "L" if cfg.channels == 1 else "RGB"
+    out = torch.empty(len(files), 1 if mode == "L" else 3, size, size, dtype=torch.uint8)
+    from tqdm.auto import tqdm
+
+    for i, f in enumerate(tqdm(files, desc=f"reading {root}", unit="img", disable=len(files) < 2000)):
+        try:
+            with Image.open(f) as im:
+                arr = np.asarray(im.convert(mode))
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            raise DataError(f"cannot read image {f}: {exc}; remove or replace the file") from exc
+        t = torch.from_numpy(arr.copy())
+        t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+        out[i] = resize_center_crop(t.unsqueeze(0), size)[0]
+    return out
+
+
+# ---------------------------------------------------------------- .npy / .npz arrays
+
+def _load_array(cfg: DataConfig) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    if not cfg.path:
+        raise DataError("data.source=array needs data.path=FILE.npy or FILE.npz")
+    path = Path(cfg.path)
+    if not path.is_file():
+        raise DataError(f"array file {path} does not exist; set data.path to a .npy or .npz file")
+    labels = None
+    try:
+        loaded = np.load(path, allow_pickle=False)  # never unpickle a user's file
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            keys = list(loaded.keys())
+            key = next((k for k in ("images", "x", "arr_0") if k in keys), keys[0] if len(keys) == 1 else None)
+            if key is None:
+                raise DataError(f"{path} holds arrays {keys}; name the images 'images' (labels: 'labels')")
+            arr = loaded[key]
+            lkey = next((k for k in ("labels", "y") if k in keys), None)
+            labels = torch.from_numpy(loaded[lkey].astype(np.int64)) if lkey else None
+        else:
+            arr = loaded
+    except DataError:
+        raise
+    except Exception as exc:  # ValueError for pickled/corrupt files, OSError, zipfile errors
+        raise DataError(f"cannot read array file {path}: {exc}") from exc
+    return array_to_images(arr, str(path)), labels
+
+
+def array_to_images(arr: np.ndarray, where: str = "array") -> torch.Tensor:
+    """N x H x W, N x H x W x C or N x C x H x W; uint8 or float in [0, 1] -> uint8 N x C x H x W."""
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    elif arr.ndim == 4 and arr.shape[-1] in (1, 3) and arr.shape[1] not in (1, 3):
+        arr = arr.transpose(0, 3, 1, 2)
+    if arr.ndim != 4:
+        raise DataError(f"{where}: expected images N x H x W[x C] or N x C x H x W, got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(arr))
+    if np.issubdtype(arr.dtype, np.floating):
+        if arr.size and (np.nanmin(arr) < 0 or np.nanmax(arr) > 1 or np.isnan(arr).any()):
+            raise DataError(f"{where}: float images must lie in [0, 1]; got values in "
+                            f"[{np.nanmin(arr):.3g}, {np.nanmax(arr):.3g}]")
+        return torch.from_numpy(np.round(arr * 255.0).astype(np.uint8))
+    raise DataError(f"{where}: images must be uint8 or float in [0, 1], got dtype {arr.dtype}")
+
+
+# ---------------------------------------------------------------- synthetic shapes (tests, smoke runs)
+
+def make_shapes(n: int, size: int = 28, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """n grey images of four classes (square, disc, horizontal bar, cross) at random places and sizes."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    labels = torch.randint(0, 4, (n,), generator=g)
+    r = torch.randint(size // 6, size // 3, (n,), generator=g)
+    cy = torch.randint(size // 3, size - size // 3, (n,), generator=g)
+    cx = torch.randint(size // 3, size - size // 3, (n,), generator=g)
+    dy = (yy[None] - cy[:, None, None]).abs()
+    dx = (xx[None] - cx[:, None, None]).abs()
+    rr = r[:, None, None]
+    masks = torch.stack([
+        (dy <= rr) & (dx <= rr),
+        dy ** 2 + dx ** 2 <= rr ** 2,
+        (dy <= rr // 3) & (dx <= rr),
+        ((dy <= rr // 3) & (dx <= rr)) | ((dx <= rr // 3) & (dy <= rr)),
+    ])[labels, torch.arange(n)]
+    return (masks.to(torch.uint8) * 255).unsqueeze(1), labels

@@ -1,0 +1,126 @@
+"""GLO stage (Bojanowski et al. 2018): one learnable code per image, a generator that reconstructs
+each image from its code under a perceptual loss."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from .config import GlannConfig
+from .data import Dataset
+from .errors import TrainingError
+from .images import save_grid, to_model, to_unit
+from .losses import make_loss
+from .nets import Generator, sphere
+from .runs import CHECK_EVERY, Run, check_finite
+
+@dataclass
+class GLOResult:
+    generator: Generator
+    codes: torch.Tensor  # float N x nz, unit rows, on the training device
+    losses: list[float] = field(default_factory=list)  # mean reconstruction loss per epoch trained here
+
+
+def build_generator(cfg: GlannConfig, image_size: int, channels: int) -> Generator:
+    m = cfg.model
+    return Generator(m.nz, image_size, channels, m.ngf, m.fc_dim, m.batch_norm)
+
+
+def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLOResult:
+    """Train generator and per-image codes on `data` (uint8 images on the training device).
+
+    Resumes from run's GLO checkpoint when there is one. Raises TrainingError on a non-finite loss,
+    leaving the last good checkpoint in place.
+    """
+    device = data.images.device
+    n, gc = len(data), cfg.glo
+    torch.manual_seed(cfg.seed)  # module initialisation is the only user of the global RNG
+    rng = torch.Generator().manual_seed(cfg.seed)  # code init and batch order
+    G = build_generator(cfg, data.image_size, data.channels).to(device)
+    # Sparse: each step touches batch_size rows of an N-row table; SparseAdam updates only those.
+    codes = nn.Embedding(n, cfg.model.nz, sparse=True).to(device)
+    with torch.no_grad():
+        codes.weight.copy_(sphere(torch.randn(n, cfg.model.nz, generator=rng)).to(device))
+    betas = (gc.beta1, gc.beta2)
+    opt_g = torch.optim.Adam(G.parameters(), lr=gc.lr_generator, betas=betas)
+    opt_z = torch.optim.SparseAdam(codes.parameters(), lr=gc.lr_codes, betas=betas)
+    sched_g = torch.optim.lr_scheduler.StepLR(opt_g, gc.decay_every, gc.decay_rate)
+    sched_z = torch.optim.lr_scheduler.StepLR(opt_z, gc.decay_every, gc.decay_rate)
+    loss_fn = make_loss(gc.loss, data.channels, gc.loss_random_weights).to(device)
+
+    state = {"generator": G, "codes": codes, "opt_g": opt_g, "opt_z": opt_z, "sched_g": sched_g, "sched_z": sched_z}
+    start = run.load_stage("glo", state, rng, device)[0] if run else 0
+    batch = min(gc.batch_size, n)
+    steps = n // batch  # drop the last partial batch, as the reference does; the order changes each epoch
+    losses: list[float] = []
+    grid_idx = torch.arange(min(cfg.grid_size, n), device=device)
+
+    epochs = tqdm(range(start, gc.epochs), desc="GLO", unit="epoch", initial=start, total=gc.epochs)
+    for epoch in epochs:
+        G.train()
+        t0 = time.perf_counter()
+        perm = torch.randperm(n, generator=rng).to(device)
+        total = torch.zeros((), device=device)
+        bar = tqdm(range(steps), desc=f"GLO epoch {epoch}", unit="batch", leave=False)
+        for step in bar:
+            idx = perm[step * batch:(step + 1) * batch]
+            real = to_model(data.images[idx])
+            loss = loss_fn(G(codes(idx)), real).mean()
+            opt_g.zero_grad(set_to_none=True)
+            opt_z.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_g.step()
+            opt_z.step()
+            with torch.no_grad():  # keep the touched codes on the unit sphere
+                codes.weight[idx] = sphere(codes.weight[idx])
+            total += loss.detach()
+            if (step + 1) % CHECK_EVERY == 0 or step + 1 == steps:
+                mean = total.item() / (step + 1)  # one host sync every CHECK_EVERY steps
+                check_finite(mean, "GLO", epoch, step, run)
+                bar.set_postfix(loss=f"{mean:.4f}")
+        sched_g.step()
+        sched_z.step()
+        mean = total.item() / max(steps, 1)
+        losses.append(mean)
+        seconds = time.perf_counter() - t0
+        epochs.set_postfix(loss=f"{mean:.4f}")
+        if run:
+            run.log("glo", epoch, loss=mean, lr_codes=opt_z.param_groups[0]["lr"],
+                    lr_generator=opt_g.param_groups[0]["lr"], images_per_s=steps * batch / seconds)
+            if (epoch + 1) % cfg.sample_every == 0 or epoch + 1 == gc.epochs:
+                _save_glo_grids(G, codes.weight.detach(), data, grid_idx, cfg.seed, run, epoch)
+            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == gc.epochs:
+                run.save_stage("glo", epoch, state, rng)
+    G.eval()
+    return GLOResult(G, codes.weight.detach(), losses)
+
+
+@torch.no_grad()
+def _save_glo_grids(G: Generator, codes: torch.Tensor, data: Dataset, grid_idx: torch.Tensor,
+                    seed: int, run: Run, epoch: int) -> None:
+    """Reconstructions (real row above its reconstruction) and samples from a Gaussian fit to the codes."""
+    G.eval()
+    real = to_unit(to_model(data.images[grid_idx]))
+    rec = to_unit(G(codes[grid_idx]))
+    half = max(1, len(grid_idx) // 2)
+    nrow = max(1, int(round(half ** 0.5)))
+    save_grid(_interleave_rows(real[:half], rec[:half], nrow), run.sample_path(f"glo_recon_epoch{epoch:04d}"), nrow=nrow)
+    # GLO alone samples from a Gaussian fitted to the codes (the reference's "gaussian" grid).
+    mean = codes.mean(0)
+    cov = torch.cov(codes.T) + 1e-5 * torch.eye(codes.shape[1], device=codes.device)
+    eps = torch.randn(len(grid_idx), codes.shape[1], generator=torch.Generator().manual_seed(seed)).to(codes.device)
+    z = mean + eps @ torch.linalg.cholesky(cov).T
+    save_grid(to_unit(G(z)), run.sample_path(f"glo_gauss_epoch{epoch:04d}"))
+    G.train()
+
+
+def _interleave_rows(real: torch.Tensor, rec: torch.Tensor, nrow: int) -> torch.Tensor:
+    """Row of real images, then the row of their reconstructions, and so on."""
+    rows = []
+    for r, f in zip(real.split(nrow), rec.split(nrow)):
+        rows += [r, f]
+    return torch.cat(rows)

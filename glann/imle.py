@@ -1,0 +1,104 @@
+"""IMLE stage (Li & Malik 2018): a mapper T from Gaussian noise to the latent space, trained so
+that every data code has a nearby mapped sample."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .config import GlannConfig
+from .images import save_grid, to_unit
+from .knn import nearest
+from .nets import Generator, Mapper
+from .runs import CHECK_EVERY, Run, check_finite
+
+SAMPLE_BATCH = 16384  # mapped samples per no-grad forward when drawing the candidate pool
+
+
+@dataclass
+class IMLEResult:
+    mapper: Mapper
+    nn_distances: list[float] = field(default_factory=list)  # mean data -> sample NN distance per refresh
+
+
+def build_mapper(cfg: GlannConfig) -> Mapper:
+    return Mapper(cfg.model.noise_dim, cfg.model.nz, cfg.model.mapper_hidden)
+
+
+@torch.no_grad()
+def map_noise(mapper: Mapper, noise: torch.Tensor) -> torch.Tensor:
+    return torch.cat([mapper(chunk) for chunk in noise.split(SAMPLE_BATCH)])
+
+
+def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
+               generator: Optional[Generator] = None) -> IMLEResult:
+    """Train the mapper on data codes (float N x nz on the training device).
+
+    `generator`, when given, is used only to draw sample grids. Resumes from run's IMLE checkpoint.
+    """
+    device, n = codes.device, codes.shape[0]
+    ic = cfg.imle
+    torch.manual_seed(cfg.seed + 1)
+    rng = torch.Generator().manual_seed(cfg.seed + 1)
+    T = build_mapper(cfg).to(device)
+    opt = torch.optim.Adam(T.parameters(), lr=ic.lr, betas=(ic.beta1, ic.beta2), weight_decay=ic.weight_decay)
+    sched = torch.optim.lr_scheduler.StepLR(opt, ic.decay_every, ic.decay_rate)
+    state = {"mapper": T, "opt": opt, "sched": sched}
+    start, extra = run.load_stage("imle", state, rng, device) if run else (0, {})
+    noise, match = extra.get("noise"), extra.get("match")  # the pool in use when the checkpoint was taken
+
+    m = math.ceil(ic.samples_per_point * n)
+    batch = min(ic.batch_size, n)
+    steps = n // batch
+    nn_distances: list[float] = []
+    grid_noise = torch.randn(cfg.grid_size, cfg.model.noise_dim,
+                             generator=torch.Generator().manual_seed(cfg.seed + 2)).to(device)
+
+    epochs = tqdm(range(start, ic.epochs), desc="IMLE", unit="epoch", initial=start, total=ic.epochs)
+    for epoch in epochs:
+        T.train()
+        t0 = time.perf_counter()
+        metrics = {}
+        if epoch % ic.refresh_every == 0 or match is None:
+            # Data -> sample direction (IMLE Alg. 1): every code picks its nearest of m mapped samples.
+            noise = torch.randn(m, cfg.model.noise_dim, generator=rng).to(device)
+            samples = map_noise(T, noise)
+            t_knn = time.perf_counter()
+            dist2, idx = nearest(codes, samples, k=1, backend=ic.knn_backend, query_batch=ic.knn_query_batch)
+            match = idx[:, 0]
+            nn_dist = dist2[:, 0].clamp_min(0).sqrt().mean().item()
+            nn_distances.append(nn_dist)
+            metrics.update(nn_distance=nn_dist, knn_seconds=time.perf_counter() - t_knn)
+        perm = torch.randperm(n, generator=rng).to(device)
+        total = torch.zeros((), device=device)
+        bar = tqdm(range(steps), desc=f"IMLE epoch {epoch}", unit="batch", leave=False)
+        for step in bar:
+            idx = perm[step * batch:(step + 1) * batch]
+            loss = F.mse_loss(T(noise[match[idx]]), codes[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach()
+            if (step + 1) % CHECK_EVERY == 0 or step + 1 == steps:
+                mean = total.item() / (step + 1)
+                check_finite(mean, "IMLE", epoch, step, run)
+                bar.set_postfix(loss=f"{mean:.5f}")
+        sched.step()
+        mean = total.item() / max(steps, 1)
+        epochs.set_postfix(loss=f"{mean:.5f}", nn=f"{nn_distances[-1]:.4f}" if nn_distances else "")
+        if run:
+            run.log("imle", epoch, loss=mean, lr=opt.param_groups[0]["lr"],
+                    epoch_seconds=time.perf_counter() - t0, **metrics)
+            if generator is not None and ((epoch + 1) % cfg.sample_every == 0 or epoch + 1 == ic.epochs):
+                T.eval()
+                with torch.no_grad():
+                    save_grid(to_unit(generator.eval()(T(grid_noise))), run.sample_path(f"imle_samples_epoch{epoch:04d}"))
+            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == ic.epochs:
+                run.save_stage("imle", epoch, state, rng, extra={"noise": noise, "match": match})
+    T.eval()
+    return IMLEResult(T, nn_distances)

@@ -1,0 +1,34 @@
+"""The whole GLANN pipeline: data -> GLO -> IMLE -> exported sampler, in one run directory."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+from .config import GlannConfig
+from .data import load_dataset
+from .devices import resolve_device
+from .glo import train_glo
+from .imle import train_imle
+from .runs import Run
+from .sampler import Sampler, export_model
+
+
+def train(cfg: GlannConfig, resume: bool = False, run_dir: Optional[Union[str, Path]] = None) -> Path:
+    """Train GLO then IMLE, export the sampler and write `samples.png`; returns the run directory.
+
+    run_dir defaults to cfg.out_dir/cfg.name. With resume=True the run's own config.yaml is used
+    and each stage continues from its last checkpoint.
+    """
+    run = Run.create(cfg, Path(run_dir) if run_dir else None, resume=resume)
+    cfg = run.cfg
+    try:
+        device = resolve_device(cfg.device)
+        data = load_dataset(cfg.data, device, seed=cfg.seed)
+        glo = train_glo(data, cfg, run)
+        imle = train_imle(glo.codes, cfg, run, generator=glo.generator)
+        export_model(run, glo.generator, imle.mapper)
+        sampler = Sampler(glo.generator, imle.mapper, cfg, device)
+        sampler.save_grid(sampler.sample(cfg.grid_size, seed=cfg.seed), run.path / "samples.png")
+    finally:
+        run.close()
+    return run.path

@@ -1,0 +1,135 @@
+"""The public sampling API: load a trained run, sample, interpolate, reconstruct (GLO inversion)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .config import GlannConfig, to_yaml
+from .devices import resolve_device
+from .errors import CheckpointError, DataError
+from .glo import build_generator
+from .images import save_grid, to_model, to_unit
+from .imle import build_mapper
+from .losses import make_loss
+from .nets import Generator, Mapper, sphere
+from .runs import MODEL_FILE, Run, atomic_write
+
+
+def export_model(run: Run, generator: Generator, mapper: Mapper) -> Path:
+    """Write the sampler's weights (generator + mapper) as safetensors beside the run's config."""
+    tensors = {f"generator.{k}": v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
+    tensors.update({f"mapper.{k}": v.detach().cpu().contiguous() for k, v in mapper.state_dict().items()})
+    meta = {"image_size": str(generator.image_size), "channels": str(generator.channels), "config": to_yaml(run.cfg)}
+    path = run.path / MODEL_FILE
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return path
+
+
+class Sampler:
+    """Images from noise: e ~ N(0, I) -> T(e) -> G -> image.
+
+    >>> s = Sampler.from_pretrained("runs/fashion_mnist", device="cpu")
+    >>> x = s.sample(64, seed=0)   # float N x C x H x W in [0, 1]
+    """
+
+    def __init__(self, generator: Generator, mapper: Mapper, cfg: GlannConfig,
+                 device: Union[str, torch.device] = "cpu"):
+        self.device = resolve_device(device)
+        self.generator = generator.to(self.device).eval().requires_grad_(False)
+        self.mapper = mapper.to(self.device).eval().requires_grad_(False)
+        self.cfg = cfg
+
+    @classmethod
+    def from_pretrained(cls, path: Union[str, Path], device: Union[str, torch.device] = "auto") -> "Sampler":
+        """Load `model.safetensors` + `config.yaml` from a run directory (weights only, no pickle)."""
+        path = Path(path)
+        if not path.is_dir():
+            raise CheckpointError(f"run directory {path} does not exist; train one with `glann train CONFIG`")
+        model_file = path / MODEL_FILE
+        if not model_file.is_file():
+            stage = "its IMLE stage never finished" if (path / "checkpoints").is_dir() else "it holds no trained model"
+            raise CheckpointError(f"cannot sample from {path}: {stage} (no {MODEL_FILE}); "
+                                  f"finish it with `glann train --resume --run-dir {path}`")
+        cfg = Run(path, GlannConfig()).saved_config()
+        if cfg is None:
+            raise CheckpointError(f"{path} has {MODEL_FILE} but no config.yaml; both are needed to rebuild the model")
+        try:
+            with safe_open(str(model_file), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+            G = build_generator(cfg, int(meta["image_size"]), int(meta["channels"]))
+            T = build_mapper(cfg)
+            G.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("generator.")})
+            T.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("mapper.")})
+        except (KeyError, RuntimeError, ValueError, OSError, SafetensorError) as exc:
+            raise CheckpointError(f"{model_file} does not match {path / 'config.yaml'} or is corrupt "
+                                  f"({str(exc).splitlines()[0]})") from exc
+        return cls(G, T, cfg, device)
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def latents(self, n: int, seed: Optional[int] = None) -> torch.Tensor:
+        """n mapped latents T(e), projected to the unit sphere: float n x nz."""
+        g = torch.Generator().manual_seed(seed) if seed is not None else None
+        e = torch.randn(n, self.mapper.noise_dim, generator=g).to(self.device)
+        return sphere(torch.cat([self.mapper(c) for c in e.split(4096)]))
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """Latents (n x nz) -> images, float n x C x H x W in [0, 1]."""
+        z = z.to(self.device)
+        return torch.cat([to_unit(self.generator(c)) for c in z.split(batch_size)])
+
+    def sample(self, n: int, seed: Optional[int] = None, batch_size: int = 1024) -> torch.Tensor:
+        """n images, float n x C x H x W in [0, 1]; the same seed gives the same images."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        return self.decode(self.latents(n, seed), batch_size)
+
+    def interpolate(self, a: torch.Tensor, b: torch.Tensor, steps: int = 8) -> torch.Tensor:
+        """Spherical interpolation between latents a and b (nz each): images steps x C x H x W in [0, 1]."""
+        a, b = sphere(a.reshape(1, -1).float().to(self.device)), sphere(b.reshape(1, -1).float().to(self.device))
+        omega = torch.arccos((a * b).sum().clamp(-1 + 1e-7, 1 - 1e-7))
+        t = torch.linspace(0, 1, steps, device=self.device).unsqueeze(1)
+        z = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+        return self.decode(z)
+
+    def reconstruct(self, images: torch.Tensor, steps: int = 300, lr: float = 0.05,
+                    loss: str = "lap1", seed: int = 0) -> torch.Tensor:
+        """GLO inversion: fit a code per image with the generator frozen.
+
+        images: uint8 in [0, 255] or float in [0, 1], N x C x H x W of the model's size and channels.
+        Returns codes float N x nz on the unit sphere; `decode` turns them into reconstructions.
+        """
+        x = self._check_images(images)
+        loss_fn = make_loss(loss, x.shape[1]).to(self.device)
+        g = torch.Generator().manual_seed(seed)
+        z = sphere(torch.randn(x.shape[0], self.generator.nz, generator=g)).to(self.device).requires_grad_(True)
+        opt = torch.optim.Adam([z], lr=lr)
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            loss_fn(self.generator(z), x).sum().backward()
+            opt.step()
+            with torch.no_grad():
+                z.copy_(sphere(z))
+        return z.detach()
+
+    def _check_images(self, images: torch.Tensor) -> torch.Tensor:
+        """-> float in [-1, 1] on the device, after checking shape against the model."""
+        G = self.generator
+        want = (G.channels, G.image_size, G.image_size)
+        if images.ndim != 4 or tuple(images.shape[1:]) != want:
+            raise DataError(f"images of shape {tuple(images.shape)} do not fit this model, which takes "
+                            f"N x {want[0]} x {want[1]} x {want[2]}")
+        if images.dtype == torch.uint8:
+            return to_model(images.to(self.device))
+        return images.float().to(self.device) * 2.0 - 1.0
+
+    @staticmethod
+    def save_grid(images: torch.Tensor, path: Union[str, Path], nrow: Optional[int] = None) -> Path:
+        """Write images (float N x C x H x W in [0, 1]) as a PNG grid."""
+        return save_grid(images, path, nrow)
