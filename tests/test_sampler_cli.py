@@ -1,0 +1,170 @@
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from glann import Sampler, train
+from glann.cli import main
+from glann.data import make_shapes
+from glann.errors import CheckpointError, DataError
+from glann.runs import Run, load_checkpoint, save_checkpoint
+
+from conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from conftest import tiny_config
+
+    cfg = tiny_config(tmp_path_factory.mktemp("runs"), "glo.epochs=6", "imle.epochs=3")
+    return train(cfg)
+
+
+def test_train_writes_the_run_directory(trained_run):
+    for name in ["config.yaml", "model.safetensors", "metrics.jsonl", "samples.png",
+                 "checkpoints/glo.pt", "checkpoints/imle.pt", "samples/glo_recon_epoch0005.png",
+                 "samples/imle_samples_epoch0002.png"]:
+        assert (trained_run / name).is_file(), name
+    assert any((trained_run / "tb").iterdir())
+    stages = [r["stage"] for r in Run(trained_run, None).read_metrics()]
+    assert stages.count("glo") == 6 and stages.count("imle") == 3
+
+
+def test_sampler_shapes_range_and_seed_determinism(trained_run):
+    s = Sampler.from_pretrained(trained_run, device="cpu")
+    x = s.sample(10, seed=3)
+    assert x.shape == (10, 1, 28, 28) and x.dtype == torch.float32
+    assert x.min() >= 0 and x.max() <= 1
+    assert torch.equal(x, s.sample(10, seed=3))
+    assert not torch.equal(x, s.sample(10, seed=4))
+
+
+def test_interpolation_goes_from_a_to_b(trained_run):
+    s = Sampler.from_pretrained(trained_run, device="cpu")
+    a, b = s.latents(2, seed=0)
+    frames = s.interpolate(a, b, steps=5)
+    assert frames.shape == (5, 1, 28, 28)
+    assert torch.allclose(frames[0], s.decode(a[None])[0], atol=1e-5)
+    assert torch.allclose(frames[-1], s.decode(b[None])[0], atol=1e-5)
+
+
+def test_reconstruct_fits_new_images_better_than_random_codes(trained_run):
+    s = Sampler.from_pretrained(trained_run, device="cpu")
+    images, _ = make_shapes(8, 28, seed=99)  # not the training images
+    target = images.float() / 255
+    z = s.reconstruct(images, steps=100)
+    assert torch.allclose(z.norm(dim=1), torch.ones(8), atol=1e-5)
+    err = (s.decode(z) - target).abs().mean()
+    err_random = (s.sample(8, seed=0) - target).abs().mean()
+    assert err < 0.7 * err_random
+
+
+def test_reconstruct_refuses_the_wrong_shape(trained_run):
+    s = Sampler.from_pretrained(trained_run, device="cpu")
+    with pytest.raises(DataError, match="N x 1 x 28 x 28"):
+        s.reconstruct(torch.zeros(2, 3, 32, 32))
+
+
+def test_cli_train_then_sample_end_to_end(tmp_path):
+    cfg = ROOT / "configs" / "tiny.yaml"
+    proc = subprocess.run([sys.executable, "-m", "glann", "train", str(cfg), f"out_dir={tmp_path}",
+                           "glo.epochs=1", "imle.epochs=1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = tmp_path / "tiny"
+    assert str(run) in proc.stdout
+    grid = tmp_path / "grid.png"
+    assert main(["sample", str(run), "-n", "16", "--seed", "0", "-o", str(grid), "--device", "cpu"]) == 0
+    assert Image.open(grid).size[0] > 28 * 3
+    assert main(["sample", str(run), "-n", "5", "--out-dir", str(tmp_path / "pngs"), "--device", "cpu"]) == 0
+    assert len(list((tmp_path / "pngs").glob("*.png"))) == 5
+    assert main(["sample", str(run), "-n", "7", "--format", "npz", "-o", str(tmp_path / "s.npz"), "--device", "cpu"]) == 0
+    arr = np.load(tmp_path / "s.npz")["images"]
+    assert arr.shape == (7, 28, 28, 1) and arr.dtype == np.uint8
+
+
+def test_cli_bad_input_is_one_line_and_non_zero(tmp_path, capsys):
+    assert main(["train", str(ROOT / "configs" / "tiny.yaml"), "glo.epoch=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("glann: error:") and "glo.epoch" in err and "\n" not in err
+    assert main(["train", "--resume", "--run-dir", str(tmp_path / "nothing")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path, tiny):
+    full = train(tiny("glo.epochs=3", "imle.epochs=3", "name=full"))
+    # Stop after GLO epoch 1, then again mid-IMLE, resuming each time.
+    part_cfg = tiny("glo.epochs=3", "imle.epochs=3", "name=part")
+    run = Run.create(part_cfg)
+    from glann.data import load_dataset
+    from glann.glo import train_glo
+    from glann.imle import train_imle
+
+    data = load_dataset(part_cfg.data, seed=part_cfg.seed)
+    glo = train_glo(data, tiny("glo.epochs=2", "imle.epochs=3", "name=part"), run)
+    cfg_more = tiny("glo.epochs=3", "imle.epochs=1", "name=part")
+    glo = train_glo(data, cfg_more, run)
+    train_imle(glo.codes, cfg_more, run)
+    run.close()
+    part = train(part_cfg, resume=True)
+    a = load_checkpoint(full / "checkpoints" / "imle.pt")
+    b = load_checkpoint(part / "checkpoints" / "imle.pt")
+    for k in a["mapper"]:
+        assert torch.equal(a["mapper"][k], b["mapper"][k]), k
+    ga, gb = load_checkpoint(full / "checkpoints" / "glo.pt"), load_checkpoint(part / "checkpoints" / "glo.pt")
+    assert torch.equal(ga["codes"]["weight"], gb["codes"]["weight"])
+    sa, sb = Sampler.from_pretrained(full, "cpu"), Sampler.from_pretrained(part, "cpu")
+    assert torch.equal(sa.sample(8, seed=0), sb.sample(8, seed=0))
+
+
+def test_a_new_run_refuses_to_overwrite_an_existing_one(trained_run):
+    from glann.config import config_from_dict
+    from omegaconf import OmegaConf
+
+    cfg = config_from_dict(OmegaConf.to_container(OmegaConf.load(trained_run / "config.yaml")))
+    with pytest.raises(CheckpointError, match="--resume"):
+        train(cfg, run_dir=trained_run)
+
+
+def test_sampling_a_run_whose_imle_never_finished_says_so(tmp_path, tiny):
+    cfg = tiny("name=half")
+    run = Run.create(cfg)
+    from glann.data import load_dataset
+    from glann.glo import train_glo
+
+    train_glo(load_dataset(cfg.data, seed=0), tiny("glo.epochs=1", "name=half"), run)
+    with pytest.raises(CheckpointError, match="IMLE stage never finished.*--resume"):
+        Sampler.from_pretrained(run.path)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+def test_checkpoint_with_a_pickle_payload_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "evil.pt"
+    torch.save({"epoch": 1, "x": _Payload()}, bad)
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        load_checkpoint(bad)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    save_checkpoint({"epoch": 1, "w": torch.ones(3)}, path)
+
+    def fail(obj, f, *a, **k):
+        open(f, "wb").write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", fail)
+    with pytest.raises(OSError):
+        save_checkpoint({"epoch": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp file left behind

@@ -1,0 +1,72 @@
+import pytest
+import torch
+
+from glann.data import load_dataset
+from glann.errors import TrainingError
+from glann.glo import train_glo
+from glann.imle import train_imle
+from glann.runs import Run
+
+
+def test_glo_reconstruction_loss_falls(tiny):
+    cfg = tiny("glo.epochs=6")
+    result = train_glo(load_dataset(cfg.data, seed=cfg.seed), cfg)
+    assert len(result.losses) == 6
+    assert result.losses[-1] < 0.6 * result.losses[0]
+
+
+def test_glo_codes_stay_on_the_unit_sphere(tiny):
+    cfg = tiny("glo.epochs=2", "glo.lr_codes=0.5")
+    codes = train_glo(load_dataset(cfg.data, seed=cfg.seed), cfg).codes
+    assert torch.allclose(codes.norm(dim=1), torch.ones(len(codes)), atol=1e-5)
+
+
+def test_glo_is_deterministic_under_a_seed(tiny):
+    cfg = tiny("glo.epochs=2")
+    data = load_dataset(cfg.data, seed=cfg.seed)
+    a, b = train_glo(data, cfg), train_glo(data, cfg)
+    assert torch.equal(a.codes, b.codes)
+    other = train_glo(data, tiny("glo.epochs=2", "seed=1"))
+    assert not torch.equal(a.codes, other.codes)
+
+
+def test_imle_nearest_neighbour_distance_falls(tiny):
+    cfg = tiny("imle.epochs=8", "imle.lr=0.005")
+    g = torch.Generator().manual_seed(0)
+    # Codes on the sphere in two tight clusters: the initial mapper's samples are far from them.
+    centres = torch.nn.functional.normalize(torch.randn(2, cfg.model.nz, generator=g), dim=1)
+    codes = torch.nn.functional.normalize(centres[torch.arange(200) % 2] + 0.05 * torch.randn(200, cfg.model.nz, generator=g), dim=1)
+    result = train_imle(codes, cfg)
+    d = result.nn_distances
+    assert len(d) == 8 and d[-1] < 0.7 * d[0]
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_imle_backends_give_the_same_training(tiny, backend):
+    from glann.knn import faiss_module
+
+    if backend == "faiss" and faiss_module() is None:
+        pytest.skip("faiss not installed")
+    cfg = tiny("imle.epochs=2", f"imle.knn_backend={backend}")
+    codes = torch.nn.functional.normalize(torch.randn(64, cfg.model.nz, generator=torch.Generator().manual_seed(0)), dim=1)
+    ref = train_imle(codes, tiny("imle.epochs=2", "imle.knn_backend=torch"))
+    got = train_imle(codes, cfg)
+    assert got.nn_distances == pytest.approx(ref.nn_distances, rel=1e-5)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny, monkeypatch):
+    cfg = tiny("glo.epochs=4")
+    run = Run.create(cfg)
+    data = load_dataset(cfg.data, seed=cfg.seed)
+    train_glo(data, tiny("glo.epochs=2"), run)  # a good checkpoint after epoch 1
+    good = torch.load(run.checkpoint_path("glo"), weights_only=True)
+    data.images[:] = 0
+    import glann.glo as glo_mod
+
+    real_to_model = glo_mod.to_model
+    monkeypatch.setattr(glo_mod, "to_model", lambda x: real_to_model(x) * float("nan"))
+    with pytest.raises(TrainingError, match=r"non-finite GLO loss at epoch 2.*checkpoint .*glo.pt is kept"):
+        train_glo(data, cfg, run)
+    kept = torch.load(run.checkpoint_path("glo"), weights_only=True)
+    assert kept["epoch"] == good["epoch"] == 1
+    assert all(torch.equal(kept["generator"][k], good["generator"][k]) for k in good["generator"])
