@@ -23,6 +23,7 @@ class GLOResult:
     generator: Generator
     codes: torch.Tensor  # float N x nz, unit rows, on the training device
     losses: list[float] = field(default_factory=list)  # mean reconstruction loss per epoch trained here
+    images_per_s: list[float] = field(default_factory=list)  # training throughput per epoch trained here
 
 
 def build_generator(cfg: GlannConfig, image_size: int, channels: int) -> Generator:
@@ -57,6 +58,7 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
     batch = min(gc.batch_size, n)
     steps = n // batch  # drop the last partial batch, as the reference does; the order changes each epoch
     losses: list[float] = []
+    throughput: list[float] = []
     grid_idx = torch.arange(min(cfg.grid_size, n), device=device)
 
     epochs = tqdm(range(start, gc.epochs), desc="GLO", unit="epoch", initial=start, total=gc.epochs)
@@ -87,16 +89,17 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
         mean = total.item() / max(steps, 1)
         losses.append(mean)
         seconds = time.perf_counter() - t0
+        throughput.append(steps * batch / seconds)
         epochs.set_postfix(loss=f"{mean:.4f}")
         if run:
             run.log("glo", epoch, loss=mean, lr_codes=opt_z.param_groups[0]["lr"],
-                    lr_generator=opt_g.param_groups[0]["lr"], images_per_s=steps * batch / seconds)
+                    lr_generator=opt_g.param_groups[0]["lr"], images_per_s=throughput[-1])
             if (epoch + 1) % cfg.sample_every == 0 or epoch + 1 == gc.epochs:
                 _save_glo_grids(G, codes.weight.detach(), data, grid_idx, cfg.seed, run, epoch)
             if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == gc.epochs:
                 run.save_stage("glo", epoch, state, rng)
     G.eval()
-    return GLOResult(G, codes.weight.detach(), losses)
+    return GLOResult(G, codes.weight.detach(), losses, throughput)
 
 
 @torch.no_grad()

@@ -24,6 +24,8 @@ SAMPLE_BATCH = 16384  # mapped samples per no-grad forward when drawing the cand
 class IMLEResult:
     mapper: Mapper
     nn_distances: list[float] = field(default_factory=list)  # mean data -> sample NN distance per refresh
+    epoch_seconds: list[float] = field(default_factory=list)
+    knn_seconds: list[float] = field(default_factory=list)  # the search alone, per refresh
 
 
 def build_mapper(cfg: GlannConfig) -> Mapper:
@@ -56,6 +58,8 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
     batch = min(ic.batch_size, n)
     steps = n // batch
     nn_distances: list[float] = []
+    epoch_seconds: list[float] = []
+    knn_seconds: list[float] = []
     grid_noise = torch.randn(cfg.grid_size, cfg.model.noise_dim,
                              generator=torch.Generator().manual_seed(cfg.seed + 2)).to(device)
 
@@ -73,7 +77,8 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
             match = idx[:, 0]
             nn_dist = dist2[:, 0].clamp_min(0).sqrt().mean().item()
             nn_distances.append(nn_dist)
-            metrics.update(nn_distance=nn_dist, knn_seconds=time.perf_counter() - t_knn)
+            knn_seconds.append(time.perf_counter() - t_knn)
+            metrics.update(nn_distance=nn_dist, knn_seconds=knn_seconds[-1])
         perm = torch.randperm(n, generator=rng).to(device)
         total = torch.zeros((), device=device)
         bar = tqdm(range(steps), desc=f"IMLE epoch {epoch}", unit="batch", leave=False)
@@ -90,10 +95,11 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
                 bar.set_postfix(loss=f"{mean:.5f}")
         sched.step()
         mean = total.item() / max(steps, 1)
+        epoch_seconds.append(time.perf_counter() - t0)
         epochs.set_postfix(loss=f"{mean:.5f}", nn=f"{nn_distances[-1]:.4f}" if nn_distances else "")
         if run:
             run.log("imle", epoch, loss=mean, lr=opt.param_groups[0]["lr"],
-                    epoch_seconds=time.perf_counter() - t0, **metrics)
+                    epoch_seconds=epoch_seconds[-1], **metrics)
             if generator is not None and ((epoch + 1) % cfg.sample_every == 0 or epoch + 1 == ic.epochs):
                 T.eval()
                 with torch.no_grad():
@@ -101,4 +107,4 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
             if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == ic.epochs:
                 run.save_stage("imle", epoch, state, rng, extra={"noise": noise, "match": match})
     T.eval()
-    return IMLEResult(T, nn_distances)
+    return IMLEResult(T, nn_distances, epoch_seconds, knn_seconds)

@@ -1,0 +1,194 @@
+#!/usr/bin/env python
+"""GLANN speed benchmark at the reference configuration (Fashion-MNIST, batch 128, nz 64).
+
+Prints a Markdown table: GLO training throughput (lap1; 3-level VGG loss ours vs the
+reference implementation's way of computing it, both measured here), IMLE epoch time at
+N = 60,000 codes and 2 samples per code, k-NN GFLOP/s against this machine's SGEMM
+roofline, and sampling throughput.
+
+    python scripts/bench.py --out benchmarks/bench_cpu.md
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from unittest import mock
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from glann import knn
+from glann.config import load_config
+from glann.data import load_dataset, make_shapes
+from glann.glo import build_generator, train_glo
+from glann.imle import build_mapper, train_imle
+from glann.sampler import Sampler
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE_VGG_IMAGES_PER_S = 72.0  # DESIGN.md: reference GLO stage, VGG loss, 2-core CPU
+
+
+class ReferenceVGGDistance(nn.Module):
+    """The reference implementation's loss computation (yedidh/glann vgg_metric._VGGDistance):
+    trainable-by-default VGG16 weights, grey images expanded to 3 channels, both feature
+    stacks built with autograd graphs. Same values as glann's VGGLoss, its cost is what we time."""
+
+    def __init__(self, levels: int = 3):
+        super().__init__()
+        import torchvision
+
+        self.vgg = torchvision.models.vgg16(weights=None).features  # requires_grad stays True, as there
+        self.ids, self.levels = [2, 7, 12, 21, 30][:levels], levels
+
+    def _feats(self, x):
+        out = []
+        for i in range(self.ids[-1] + 1):
+            x = self.vgg[i](x)
+            if i in self.ids:
+                out.append(x)
+        return out
+
+    def forward(self, fake, real):
+        fake, real = fake.expand(-1, 3, -1, -1), real.expand(-1, 3, -1, -1)
+        fake, real = F.pad(fake, (2, 2, 2, 2)), F.pad(real, (2, 2, 2, 2))
+        b = fake.shape[0]
+        f1, f2 = self._feats(fake), self._feats(real)
+        loss = (fake - real).abs().view(b, -1).mean(1)
+        for a, c in zip(f1, f2):
+            loss = loss + (a - c).abs().view(b, -1).mean(1)
+        return loss
+
+
+def machine() -> str:
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    fa = knn.faiss_module()
+    return (f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+            f"faiss {fa.__version__ if fa else 'absent'}, Python {platform.python_version()}, "
+            f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}")
+
+
+def sgemm_gflops(device: torch.device, n: int = 4096) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    best = float("inf")
+    for _ in range(4):
+        _sync(device)
+        t = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def glo_throughput(cfg, data, loss: str, reference_loss: bool = False) -> float:
+    """Images/s of the real GLO training loop, second epoch (the first warms up)."""
+    cfg.glo.loss, cfg.glo.loss_random_weights, cfg.glo.epochs = loss, True, 2
+    if reference_loss:
+        with mock.patch("glann.glo.make_loss", lambda *a, **k: ReferenceVGGDistance()):
+            return train_glo(data, cfg).images_per_s[-1]
+    return train_glo(data, cfg).images_per_s[-1]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", help="also write the table to this Markdown file")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--n-codes", type=int, default=60000)
+    p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    rows: list[tuple[str, str, str]] = []
+
+    def row(what, value, note=""):
+        rows.append((what, value, note))
+        print(f"  {what}: {value}  {note}", file=sys.stderr, flush=True)
+
+    cfg = load_config(ROOT / "configs" / "fashion_mnist.yaml", [f"device={args.device}"])
+    steps = 4 if args.quick else 12
+    try:
+        data = load_dataset(cfg.data, device)
+        data_note = "Fashion-MNIST"
+    except Exception:  # no dataset: timing does not depend on pixel values
+        from glann.data import Dataset
+
+        images, labels = make_shapes(128 * 40, 28)
+        data, data_note = Dataset(images.to(device), labels.to(device), "shapes"), "generated shapes"
+
+    # --- GLO
+    sub = lambda n: type(data)(data.images[:n], None, data.name)  # noqa: E731
+    lap = glo_throughput(cfg, sub(128 * steps * 3), "lap1")
+    row("GLO lap1, images/s", f"{lap:.0f}", f"{data_note}, batch 128, nz 64, 6.6 M-param generator")
+    vgg = glo_throughput(cfg, sub(128 * steps), "vgg")
+    ref = glo_throughput(cfg, sub(128 * steps), "vgg", reference_loss=True)
+    row("GLO vgg (3 levels), images/s: glann", f"{vgg:.0f}", "random VGG16 weights (same cost as pretrained)")
+    row("GLO vgg, images/s: reference's loss computation, same loop", f"{ref:.0f}",
+        f"glann / reference = {vgg / ref:.2f}x")
+    row("GLO vgg: glann vs the reference's published 72 images/s", f"{vgg / REFERENCE_VGG_IMAGES_PER_S:.2f}x",
+        "target >= 1.5x")
+
+    # --- k-NN
+    n = 6000 if args.quick else args.n_codes
+    g = torch.Generator().manual_seed(0)
+    codes = F.normalize(torch.randn(n, cfg.model.nz, generator=g), dim=1).to(device)
+    samples = torch.randn(2 * n, cfg.model.nz, generator=g).to(device)
+    peak = sgemm_gflops(device)
+    row("SGEMM roofline, GFLOP/s", f"{peak:.0f}", "torch.mm 4096^3, best of 4")
+    flops = 2 * n * 2 * n * cfg.model.nz
+    for backend in ["torch"] + (["faiss"] if knn.faiss_module() else []):
+        knn.nearest(codes[:2048], samples[:4096], backend=backend)  # warm-up
+        _sync(device)
+        t = time.perf_counter()
+        knn.nearest(codes, samples, backend=backend)
+        _sync(device)
+        dt = time.perf_counter() - t
+        row(f"k-NN {backend}: {n} codes x {2 * n} samples, d 64, GFLOP/s", f"{flops / dt / 1e9:.0f}",
+            f"{dt:.2f} s; {100 * flops / dt / 1e9 / peak:.0f}% of SGEMM")
+
+    # --- IMLE epoch
+    for backend in ["torch"] + (["faiss"] if knn.faiss_module() else []):
+        icfg = load_config(ROOT / "configs" / "fashion_mnist.yaml",
+                           [f"device={args.device}", "imle.epochs=1", f"imle.knn_backend={backend}"])
+        res = train_imle(codes, icfg)
+        row(f"IMLE epoch, N={n}, 2 samples/code, knn={backend}, s", f"{res.epoch_seconds[0]:.1f}",
+            f"of which k-NN search {res.knn_seconds[0]:.1f} s (reference: about 12 s per epoch)")
+
+    # --- sampling
+    G = build_generator(cfg, 28, 1)
+    T = build_mapper(cfg)
+    sampler = Sampler(G, T, cfg, device)
+    sampler.sample(256, seed=0)
+    m = 2000 if args.quick else 10000
+    _sync(device)
+    t = time.perf_counter()
+    sampler.sample(m, seed=0)
+    _sync(device)
+    row("sampling, images/s", f"{m / (time.perf_counter() - t):.0f}", f"{m} images, batches of 1024")
+
+    lines = [f"# glann benchmark ({date.today().isoformat()})", "",
+             f"Machine: {machine()}", "",
+             "Command: `python scripts/bench.py" + (" --quick" if args.quick else "") + "`", "",
+             "| measurement | value | notes |", "| --- | ---: | --- |"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
