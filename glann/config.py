@@ -19,6 +19,8 @@ IMAGE_SIZES = (28, 32, 64, 128)
 DATA_SOURCES = ("fashion_mnist", "mnist", "cifar10", "folder", "array", "shapes")
 LOSSES = ("lap1", "lpips", "vgg", "l1", "l2")
 KNN_BACKENDS = ("auto", "faiss", "torch")
+METHODS = ("glann", "gan")
+GAN_LOSSES = ("minimax", "nonsaturating", "lsgan", "wgan-gp", "hinge")
 
 
 @dataclass
@@ -79,6 +81,32 @@ class IMLEConfig:
 
 
 @dataclass
+class GANConfig:
+    """The adversarial baseline (method: gan). Defaults: DCGAN (Radford et al. 2016) with the
+    non-saturating loss; every stabiliser off, each one a switch."""
+
+    epochs: int = 25
+    batch_size: int = 64
+    loss: str = "nonsaturating"  # minimax | nonsaturating | lsgan | wgan-gp | hinge
+    lr_generator: float = 2e-4
+    lr_discriminator: float = 2e-4  # TTUR (Heusel et al. 2017) sets this higher than lr_generator
+    beta1: float = 0.5
+    beta2: float = 0.999
+    ndf: int = 64  # width of the first discriminator conv layer; later ones double
+    d_batch_norm: bool = True  # DCGAN; must be false with wgan-gp or r1_gamma > 0 (per-sample penalties)
+    n_critic: int = 1  # discriminator steps per generator step (WGAN: 5)
+    label_smoothing: float = 0.0  # one-sided (Salimans et al. 2016): real targets 1 - s; 0.1 is usual
+    minibatch_std: bool = False  # ProGAN minibatch standard-deviation layer
+    pack: int = 1  # PacGAN: samples per discriminator decision (2 in the paper's experiments)
+    spectral_norm: bool = False  # SNGAN: spectral normalisation on every discriminator layer
+    r1_gamma: float = 0.0  # R1 penalty weight on real data (Mescheder et al. 2018); 0: off
+    gp_lambda: float = 10.0  # WGAN-GP gradient-penalty weight (used by loss wgan-gp only)
+    feature_matching: float = 0.0  # weight of the feature-matching term added to G's loss; 0: off
+    max_steps: Optional[int] = None  # budget: stop after this many generator updates
+    max_seconds: Optional[float] = None  # budget: stop after this much training wall-clock time
+
+
+@dataclass
 class GlannConfig:
     name: str = "fashion_mnist"
     out_dir: str = "runs"
@@ -91,6 +119,8 @@ class GlannConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     glo: GLOConfig = field(default_factory=GLOConfig)
     imle: IMLEConfig = field(default_factory=IMLEConfig)
+    method: str = "glann"  # glann | gan (the adversarial baseline, configured by `gan`)
+    gan: GANConfig = field(default_factory=GANConfig)
 
 
 def _fail(exc: OmegaConfBaseException, where: str) -> ConfigError:
@@ -149,6 +179,16 @@ def validate(cfg: GlannConfig) -> None:
         (cfg.model.nz > 0 and cfg.model.noise_dim > 0, "model.nz and model.noise_dim must be positive"),
         (cfg.imle.refresh_every >= 1 and cfg.checkpoint_every >= 1 and cfg.sample_every >= 1,
          "imle.refresh_every, checkpoint_every and sample_every must be >= 1"),
+        (cfg.method in METHODS, f"method must be one of {METHODS}, got '{cfg.method}'"),
+        (cfg.gan.loss in GAN_LOSSES, f"gan.loss must be one of {GAN_LOSSES}, got '{cfg.gan.loss}'"),
+        (cfg.gan.epochs >= 0 and cfg.gan.batch_size > 0 and cfg.gan.n_critic >= 1 and cfg.gan.pack >= 1,
+         "gan.epochs must be >= 0, gan.batch_size > 0, gan.n_critic >= 1 and gan.pack >= 1"),
+        (cfg.gan.batch_size % cfg.gan.pack == 0,
+         f"gan.batch_size ({cfg.gan.batch_size}) must be a multiple of gan.pack ({cfg.gan.pack})"),
+        (0.0 <= cfg.gan.label_smoothing < 0.5, "gan.label_smoothing must be in [0, 0.5); 0.1 is usual"),
+        (not (cfg.gan.d_batch_norm and (cfg.gan.loss == "wgan-gp" or cfg.gan.r1_gamma > 0)),
+         "gradient penalties are per sample and batch norm mixes samples: set gan.d_batch_norm=false "
+         "with gan.loss=wgan-gp or gan.r1_gamma > 0"),
     ]
     for ok, msg in checks:
         if not ok:

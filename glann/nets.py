@@ -78,6 +78,87 @@ class Mapper(nn.Module):
         return self.net(e)
 
 
+class MinibatchStd(nn.Module):
+    """Append the mean over features of the per-group standard deviation as one more channel.
+
+    ProGAN (Karras et al. 2018, sec. 3): a batch of collapsed samples has a small std,
+    which the discriminator can then see and punish.
+    """
+
+    def __init__(self, group_size: int = 4):
+        super().__init__()
+        self.group_size = group_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        g = min(self.group_size, b)
+        while b % g:  # the last batch may not divide into groups of 4
+            g -= 1
+        y = x.view(g, -1, c, h, w)
+        y = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (b/g,)
+        y = y.view(1, -1, 1, 1, 1).expand(g, -1, 1, h, w).reshape(b, 1, h, w)
+        return torch.cat([x, y], dim=1)
+
+
+class Discriminator(nn.Module):
+    """Image (B x C x S x S, in [-1, 1]) -> one logit per decision (B / pack).
+
+    DCGAN-style, the generator mirrored: stride-2 convolutions from S down to S/4 at 28/32 px
+    (to 4 x 4 at 64/128 px), channels doubling from `ndf`, then a linear layer.
+    `pack` > 1 is PacGAN (Lin et al. 2018): `pack` samples are stacked on the channel axis and
+    judged together, so the first conv takes C x pack channels. `minibatch_std` adds the ProGAN
+    layer before the head; `spectral_norm` wraps every conv and linear (Miyato et al. 2018).
+    Batch norm mixes samples, which per-sample gradient penalties (WGAN-GP, R1) do not allow:
+    turn it off for those.
+    """
+
+    def __init__(self, image_size: int = 28, channels: int = 1, ndf: int = 64, pack: int = 1,
+                 minibatch_std: bool = False, spectral_norm: bool = False, batch_norm: bool = True):
+        super().__init__()
+        if image_size not in IMAGE_SIZES:
+            raise ValueError(f"image_size must be one of {IMAGE_SIZES}, got {image_size}")
+        if pack < 1:
+            raise ValueError(f"pack must be >= 1, got {pack}")
+        self.image_size, self.channels, self.pack = image_size, channels, pack
+        s_last = image_size // 4 if image_size <= 32 else 4
+        n_down = int(math.log2(image_size // s_last))
+        widths = [ndf * 2 ** i for i in range(n_down)]  # e.g. [64, 128] at 28 px
+
+        layers: list[nn.Module] = []
+        cin = channels * pack
+        for i, cout in enumerate(widths):
+            layers.append(nn.Conv2d(cin, cout, 4, 2, 1))
+            if batch_norm and i > 0:  # DCGAN: no batch norm on the first layer
+                layers.append(nn.BatchNorm2d(cout))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            cin = cout
+        self.body = nn.Sequential(*layers)
+        self.mbstd = MinibatchStd() if minibatch_std else None
+        self.feature_dim = widths[-1] * s_last * s_last
+        self.head = nn.Linear((widths[-1] + int(minibatch_std)) * s_last * s_last, 1)
+        _init_weights(self)
+        if spectral_norm:  # after init: the parametrisation then normalises the initialised weights
+            for m in list(self.modules()):
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    nn.utils.parametrizations.spectral_norm(m)
+
+    def pack_input(self, x: torch.Tensor) -> torch.Tensor:
+        """B x C x S x S -> B/pack x (C * pack) x S x S (consecutive samples share a decision)."""
+        b, c, h, w = x.shape
+        if b % self.pack:
+            raise ValueError(f"batch of {b} does not split into packs of {self.pack}")
+        return x.reshape(b // self.pack, c * self.pack, h, w)
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        """Logits (B / pack); with return_features also the last conv features (B / pack x feature_dim)."""
+        h = self.body(self.pack_input(x))
+        feats = h.flatten(1)
+        if self.mbstd is not None:
+            h = self.mbstd(h)
+        logits = self.head(h.flatten(1)).squeeze(1)
+        return (logits, feats) if return_features else logits
+
+
 def _init_weights(module: nn.Module) -> None:
     # The reference initialises every linear and conv layer with xavier_normal(gain=sqrt 2).
     for m in module.modules():

@@ -7,6 +7,7 @@ from typing import Optional, Union
 from .config import GlannConfig
 from .data import load_dataset
 from .devices import resolve_device
+from .gan import train_gan
 from .glo import train_glo
 from .imle import train_imle
 from .runs import Run
@@ -14,7 +15,8 @@ from .sampler import Sampler, export_model
 
 
 def train(cfg: GlannConfig, resume: bool = False, run_dir: Optional[Union[str, Path]] = None) -> Path:
-    """Train GLO then IMLE, export the sampler and write `samples.png`; returns the run directory.
+    """Train GLO then IMLE (method gan: the GAN baseline), export the sampler and write
+    `samples.png`; returns the run directory.
 
     run_dir defaults to cfg.out_dir/cfg.name. With resume=True the run's own config.yaml is used
     and each stage continues from its last checkpoint.
@@ -24,10 +26,13 @@ def train(cfg: GlannConfig, resume: bool = False, run_dir: Optional[Union[str, P
     try:
         device = resolve_device(cfg.device)
         data = load_dataset(cfg.data, device, seed=cfg.seed)
-        glo = train_glo(data, cfg, run)
-        imle = train_imle(glo.codes, cfg, run, generator=glo.generator)
-        export_model(run, glo.generator, imle.mapper)
-        sampler = Sampler(glo.generator, imle.mapper, cfg, device)
+        if cfg.method == "gan":  # the adversarial baseline: same generator, no mapper
+            generator, mapper = train_gan(data, cfg, run).generator, None
+        else:
+            glo = train_glo(data, cfg, run)
+            generator, mapper = glo.generator, train_imle(glo.codes, cfg, run, generator=glo.generator).mapper
+        export_model(run, generator, mapper)
+        sampler = Sampler(generator, mapper, cfg, device)
         sampler.save_grid(sampler.sample(cfg.grid_size, seed=cfg.seed), run.path / "samples.png")
     finally:
         run.close()

@@ -19,10 +19,14 @@ from .nets import Generator, Mapper, sphere
 from .runs import MODEL_FILE, Run, atomic_write
 
 
-def export_model(run: Run, generator: Generator, mapper: Mapper) -> Path:
-    """Write the sampler's weights (generator + mapper) as safetensors beside the run's config."""
+def export_model(run: Run, generator: Generator, mapper: Optional[Mapper]) -> Path:
+    """Write the sampler's weights (generator + mapper) as safetensors beside the run's config.
+
+    mapper is None for a GAN run: its latents are plain N(0, I) noise.
+    """
     tensors = {f"generator.{k}": v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
-    tensors.update({f"mapper.{k}": v.detach().cpu().contiguous() for k, v in mapper.state_dict().items()})
+    if mapper is not None:
+        tensors.update({f"mapper.{k}": v.detach().cpu().contiguous() for k, v in mapper.state_dict().items()})
     meta = {"image_size": str(generator.image_size), "channels": str(generator.channels), "config": to_yaml(run.cfg)}
     path = run.path / MODEL_FILE
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
@@ -30,17 +34,17 @@ def export_model(run: Run, generator: Generator, mapper: Mapper) -> Path:
 
 
 class Sampler:
-    """Images from noise: e ~ N(0, I) -> T(e) -> G -> image.
+    """Images from noise: e ~ N(0, I) -> T(e) -> G -> image (a GAN run has no T: e ~ N(0, I) of size nz -> G).
 
     >>> s = Sampler.from_pretrained("runs/fashion_mnist", device="cpu")
     >>> x = s.sample(64, seed=0)   # float N x C x H x W in [0, 1]
     """
 
-    def __init__(self, generator: Generator, mapper: Mapper, cfg: GlannConfig,
+    def __init__(self, generator: Generator, mapper: Optional[Mapper], cfg: GlannConfig,
                  device: Union[str, torch.device] = "cpu"):
         self.device = resolve_device(device)
         self.generator = generator.to(self.device).eval().requires_grad_(False)
-        self.mapper = mapper.to(self.device).eval().requires_grad_(False)
+        self.mapper = mapper.to(self.device).eval().requires_grad_(False) if mapper is not None else None
         self.cfg = cfg
 
     @classmethod
@@ -62,9 +66,10 @@ class Sampler:
                 meta = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
             G = build_generator(cfg, int(meta["image_size"]), int(meta["channels"]))
-            T = build_mapper(cfg)
+            T = build_mapper(cfg) if cfg.method == "glann" else None  # a GAN run samples N(0, I) directly
             G.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("generator.")})
-            T.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("mapper.")})
+            if T is not None:
+                T.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("mapper.")})
         except (KeyError, RuntimeError, ValueError, OSError, SafetensorError) as exc:
             raise CheckpointError(f"{model_file} does not match {path / 'config.yaml'} or is corrupt "
                                   f"({str(exc).splitlines()[0]})") from exc
@@ -73,8 +78,10 @@ class Sampler:
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def latents(self, n: int, seed: Optional[int] = None) -> torch.Tensor:
-        """n mapped latents T(e), projected to the unit sphere: float n x nz."""
+        """n mapped latents T(e) (GAN runs: e itself), projected to the unit sphere: float n x nz."""
         g = torch.Generator().manual_seed(seed) if seed is not None else None
+        if self.mapper is None:
+            return sphere(torch.randn(n, self.generator.nz, generator=g).to(self.device))
         e = torch.randn(n, self.mapper.noise_dim, generator=g).to(self.device)
         return sphere(torch.cat([self.mapper(c) for c in e.split(4096)]))
 
