@@ -37,6 +37,8 @@ class DataConfig:
     channels: Optional[int] = None
     # Allow torchvision to download a missing dataset (never in tests: they set this false).
     download: bool = True
+    # Folder source: skip unreadable images with a warning and a count instead of stopping.
+    skip_bad: bool = False
 
 
 @dataclass
@@ -115,6 +117,9 @@ class GlannConfig:
     checkpoint_every: int = 1  # epochs
     sample_every: int = 1  # epochs between PNG grids
     grid_size: int = 64
+    # On a NaN/Inf loss: false stops at the first bad step (last good checkpoint kept); true skips
+    # that batch's update and counts it (costs one host sync per step on GPUs).
+    skip_nonfinite: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     glo: GLOConfig = field(default_factory=GLOConfig)

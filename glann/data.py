@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -224,16 +225,41 @@ def _load_folder(cfg: DataConfig) -> torch.Tensor:
     out = torch.empty(len(files), 1 if mode == "L" else 3, size, size, dtype=torch.uint8)
     from tqdm.auto import tqdm
 
-    for i, f in enumerate(tqdm(files, desc=f"reading {root}", unit="img", disable=len(files) < 2000)):
+    kept, bad = 0, []
+    for f in tqdm(files, desc=f"reading {root}", unit="img", disable=len(files) < 2000):
         try:
             with Image.open(f) as im:
-                arr = np.asarray(im.convert(mode))
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            raise DataError(f"cannot read image {f}: {exc}; remove or replace the file") from exc
-        t = torch.from_numpy(arr.copy())
+                arr = _pil_to_uint8(im, mode)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            if not cfg.skip_bad:
+                raise DataError(f"cannot read image {f}: {exc}; remove or replace the file, "
+                                f"or set data.skip_bad=true to skip unreadable files") from exc
+            bad.append(f)
+            continue
+        t = torch.from_numpy(arr)
         t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
-        out[i] = resize_center_crop(t.unsqueeze(0), size)[0]
-    return out
+        out[kept] = resize_center_crop(t.unsqueeze(0), size)[0]
+        kept += 1
+    if bad:
+        warnings.warn(f"skipped {len(bad)} unreadable image(s) of {len(files)} under {root} "
+                      f"(first: {bad[0]})", stacklevel=2)
+    if kept == 0:
+        raise DataError(f"none of the {len(files)} images under {root} could be read")
+    return out[:kept]
+
+
+def _pil_to_uint8(im, mode: str) -> np.ndarray:
+    """A PIL image of any mode -> uint8 H x W (mode L) or H x W x 3 (RGB).
+
+    16- and 32-bit greyscale are scaled to 8 bits (PIL's own convert clips them to white);
+    alpha is dropped; palette images are expanded.
+    """
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        a = np.asarray(im).astype(np.float64)
+        peak = 65535.0 if im.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+        grey = np.clip(np.round(a * (255.0 / peak)), 0, 255).astype(np.uint8)
+        return grey if mode == "L" else np.repeat(grey[..., None], 3, axis=2)
+    return np.array(im.convert(mode), dtype=np.uint8)
 
 
 # ---------------------------------------------------------------- .npy / .npz arrays

@@ -16,7 +16,7 @@ from .errors import TrainingError
 from .images import save_grid, to_model, to_unit
 from .losses import make_loss
 from .nets import Generator, sphere
-from .runs import CHECK_EVERY, Run, check_finite
+from .runs import CHECK_EVERY, LossTracker, Run
 
 @dataclass
 class GLOResult:
@@ -66,12 +66,14 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
         G.train()
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=rng).to(device)
-        total = torch.zeros((), device=device)
+        tracker = LossTracker("GLO", epoch, run, device, cfg.skip_nonfinite)
         bar = tqdm(range(steps), desc=f"GLO epoch {epoch}", unit="batch", leave=False)
         for step in bar:
             idx = perm[step * batch:(step + 1) * batch]
             real = to_model(data.images[idx])
             loss = loss_fn(G(codes(idx)), real).mean()
+            if not tracker.add(loss, step):
+                continue
             opt_g.zero_grad(set_to_none=True)
             opt_z.zero_grad(set_to_none=True)
             loss.backward()
@@ -79,20 +81,17 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
             opt_z.step()
             with torch.no_grad():  # keep the touched codes on the unit sphere
                 codes.weight[idx] = sphere(codes.weight[idx])
-            total += loss.detach()
-            if (step + 1) % CHECK_EVERY == 0 or step + 1 == steps:
-                mean = total.item() / (step + 1)  # one host sync every CHECK_EVERY steps
-                check_finite(mean, "GLO", epoch, step, run)
-                bar.set_postfix(loss=f"{mean:.4f}")
+            if (step + 1) % CHECK_EVERY == 0:
+                bar.set_postfix(loss=f"{tracker.flush():.4f}")  # one host sync every CHECK_EVERY steps
         sched_g.step()
         sched_z.step()
-        mean = total.item() / max(steps, 1)
+        mean = tracker.flush()
         losses.append(mean)
         seconds = time.perf_counter() - t0
         throughput.append(steps * batch / seconds)
         epochs.set_postfix(loss=f"{mean:.4f}")
         if run:
-            run.log("glo", epoch, loss=mean, lr_codes=opt_z.param_groups[0]["lr"],
+            run.log("glo", epoch, loss=mean, skipped_batches=tracker.skipped, lr_codes=opt_z.param_groups[0]["lr"],
                     lr_generator=opt_g.param_groups[0]["lr"], images_per_s=throughput[-1])
             if (epoch + 1) % cfg.sample_every == 0 or epoch + 1 == gc.epochs:
                 _save_glo_grids(G, codes.weight.detach(), data, grid_idx, cfg.seed, run, epoch)

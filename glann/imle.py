@@ -15,7 +15,7 @@ from .config import GlannConfig
 from .images import save_grid, to_unit
 from .knn import nearest
 from .nets import Generator, Mapper
-from .runs import CHECK_EVERY, Run, check_finite
+from .runs import CHECK_EVERY, LossTracker, Run
 
 SAMPLE_BATCH = 16384  # mapped samples per no-grad forward when drawing the candidate pool
 
@@ -80,25 +80,24 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
             knn_seconds.append(time.perf_counter() - t_knn)
             metrics.update(nn_distance=nn_dist, knn_seconds=knn_seconds[-1])
         perm = torch.randperm(n, generator=rng).to(device)
-        total = torch.zeros((), device=device)
+        tracker = LossTracker("IMLE", epoch, run, device, cfg.skip_nonfinite)
         bar = tqdm(range(steps), desc=f"IMLE epoch {epoch}", unit="batch", leave=False)
         for step in bar:
             idx = perm[step * batch:(step + 1) * batch]
             loss = F.mse_loss(T(noise[match[idx]]), codes[idx])
+            if not tracker.add(loss, step):
+                continue
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.detach()
-            if (step + 1) % CHECK_EVERY == 0 or step + 1 == steps:
-                mean = total.item() / (step + 1)
-                check_finite(mean, "IMLE", epoch, step, run)
-                bar.set_postfix(loss=f"{mean:.5f}")
+            if (step + 1) % CHECK_EVERY == 0:
+                bar.set_postfix(loss=f"{tracker.flush():.5f}")
         sched.step()
-        mean = total.item() / max(steps, 1)
+        mean = tracker.flush()
         epoch_seconds.append(time.perf_counter() - t0)
         epochs.set_postfix(loss=f"{mean:.5f}", nn=f"{nn_distances[-1]:.4f}" if nn_distances else "")
         if run:
-            run.log("imle", epoch, loss=mean, lr=opt.param_groups[0]["lr"],
+            run.log("imle", epoch, loss=mean, skipped_batches=tracker.skipped, lr=opt.param_groups[0]["lr"],
                     epoch_seconds=epoch_seconds[-1], **metrics)
             if generator is not None and ((epoch + 1) % cfg.sample_every == 0 or epoch + 1 == ic.epochs):
                 T.eval()

@@ -45,8 +45,15 @@ def atomic_write(path: Path, write) -> None:
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Atomically save a dict of tensors, numbers, strings and nested containers of them."""
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    """Atomically save a dict of tensors, numbers, strings and nested containers of them.
+
+    A failed write (disk full, permissions) raises CheckpointError; the previous file is untouched.
+    """
+    try:
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+    except OSError as exc:
+        raise CheckpointError(f"could not write checkpoint {path} ({exc.strerror or exc}); the previous "
+                              f"checkpoint there is intact: free space or fix permissions, then --resume") from exc
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -66,8 +73,49 @@ def check_finite(value: float, stage: str, epoch: int, step: int, run: Optional[
         return
     ckpt = run.checkpoint_path(stage.lower()) if run else None
     where = f"the last good checkpoint {ckpt} is kept" if ckpt and ckpt.is_file() else "no checkpoint was written yet"
-    raise TrainingError(f"non-finite {stage} loss at epoch {epoch} (by step {step}); {where}; "
+    raise TrainingError(f"non-finite {stage} loss at epoch {epoch}, step {step}; {where}; "
                         f"lower the learning rates or check the data, then resume with --resume")
+
+
+
+class LossTracker:
+    """Running mean of a stage's loss for one epoch, and the first non-finite step.
+
+    Default: no host sync per step; the first bad step is recorded on the device and
+    `flush` (every CHECK_EVERY steps) raises TrainingError naming it. With skip=True each
+    loss is checked at once (one sync per step) and a non-finite batch is skipped and counted.
+    """
+
+    def __init__(self, stage: str, epoch: int, run: Optional["Run"], device: torch.device, skip: bool = False):
+        self.stage, self.epoch, self.run, self.skip = stage, epoch, run, skip
+        self.total = torch.zeros((), device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        self.good = 0
+        self.skipped = 0
+
+    def add(self, loss: torch.Tensor, step: int) -> bool:
+        """Record `loss` (a scalar tensor); False means: skip this batch's update."""
+        loss = loss.detach()
+        if self.skip:
+            if not bool(torch.isfinite(loss)):
+                self.skipped += 1
+                return False
+        else:
+            bad = ~torch.isfinite(loss) & (self.first_bad < 0)
+            self.first_bad = torch.where(bad, torch.full_like(self.first_bad, step), self.first_bad)
+        self.total += loss
+        self.good += 1
+        return True
+
+    def flush(self) -> float:
+        """Host sync: raise on a recorded non-finite step, else return the running mean."""
+        first_bad = int(self.first_bad)
+        if first_bad >= 0:
+            check_finite(float("nan"), self.stage, self.epoch, first_bad, self.run)
+        if self.skip and self.good == 0 and self.skipped:
+            raise TrainingError(f"every {self.stage} batch of epoch {self.epoch} had a non-finite loss "
+                                f"({self.skipped} skipped); lower the learning rates or check the data")
+        return self.total.item() / max(self.good, 1)
 
 
 class Run:
@@ -77,27 +125,56 @@ class Run:
         self.path, self.cfg = Path(path), cfg
         self._tb = None
         self._metrics = None
+        self._lock = None
 
     # ------------------------------------------------------------------ creation
     @classmethod
     def create(cls, cfg: GlannConfig, path: Optional[Path] = None, resume: bool = False) -> "Run":
+        """Open a run directory for training and take its lock (released by close() or process exit).
+
+        resume=True continues the run there with its own saved config; a run that was stopped
+        before its first checkpoint starts again from scratch.
+        """
         path = Path(path) if path else Path(cfg.out_dir) / cfg.name
-        if resume:
-            if not (path / "checkpoints").is_dir() or not any((path / "checkpoints").glob("*.pt")):
-                raise CheckpointError(f"--resume: {path} holds no checkpoint to resume from; "
-                                      f"start it without --resume")
-            run = cls(path, cfg)
-            saved = run.saved_config()
-            if saved is not None:
-                run.cfg = saved  # the run's own config wins over the command line on resume
-            return run
-        if (path / "checkpoints").is_dir() and any((path / "checkpoints").glob("*.pt")):
+        has_ckpt = (path / "checkpoints").is_dir() and any((path / "checkpoints").glob("*.pt"))
+        if resume and not has_ckpt and not (path / "config.yaml").is_file():
+            raise CheckpointError(f"--resume: {path} holds no run (no config.yaml, no checkpoint); "
+                                  f"start it without --resume")
+        if not resume and has_ckpt:
             raise CheckpointError(f"{path} already holds a run; pass --resume to continue it, "
                                   f"or choose another name=... / out_dir=...")
         path.mkdir(parents=True, exist_ok=True)
         run = cls(path, cfg)
-        atomic_write(path / "config.yaml", lambda tmp: Path(tmp).write_text(to_yaml(cfg)))
+        run._acquire_lock()
+        for stale in path.rglob(".*.tmp"):  # temp files of writes a kill interrupted
+            stale.unlink(missing_ok=True)
+        if resume:
+            saved = run.saved_config()
+            if saved is not None:
+                run.cfg = saved  # the run's own config wins over the command line on resume
+        else:
+            atomic_write(path / "config.yaml", lambda tmp: Path(tmp).write_text(to_yaml(cfg)))
         return run
+
+    def _acquire_lock(self) -> None:
+        """An flock on runs/<name>/.lock: a second trainer on the same directory refuses to start.
+
+        The kernel drops the lock when the process dies, even by SIGKILL, so no stale lock remains.
+        """
+        import fcntl
+
+        f = open(self.path / ".lock", "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            f.close()
+            raise CheckpointError(f"{self.path} is being trained by another process (lock {self.path / '.lock'}); "
+                                  f"wait for it, stop it, or train under another name=...") from exc
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._lock = f
 
     def saved_config(self) -> Optional[GlannConfig]:
         f = self.path / "config.yaml"
@@ -116,7 +193,11 @@ class Run:
     def log(self, stage: str, step: int, **metrics: float) -> None:
         """Append one record to metrics.jsonl and the same scalars to TensorBoard."""
         if self._metrics is None:
-            self._metrics = open(self.path / "metrics.jsonl", "a", buffering=1)
+            f = self.path / "metrics.jsonl"
+            torn = f.is_file() and f.stat().st_size > 0 and not f.read_bytes().endswith(b"\n")
+            self._metrics = open(f, "a", buffering=1)
+            if torn:  # a kill cut the last record short: start ours on a fresh line
+                self._metrics.write("\n")
         record = {"stage": stage, "step": step, "time": round(time.time(), 3)}
         record.update({k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in metrics.items()})
         self._metrics.write(json.dumps(record) + "\n")
@@ -128,6 +209,9 @@ class Run:
             self._tb.add_scalar(f"{stage}/{k}", float(v), step)
 
     def close(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the flock
+            self._lock = None
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
@@ -137,7 +221,15 @@ class Run:
 
     def read_metrics(self) -> list[dict[str, Any]]:
         f = self.path / "metrics.jsonl"
-        return [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.is_file() else []
+        if not f.is_file():
+            return []
+        records = []
+        for line in f.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # a line torn by a kill mid-write
+                continue
+        return records
 
     # ------------------------------------------------------------------ stage state
     def save_stage(self, stage: str, epoch: int, objects: dict[str, Any], rng: torch.Generator,

@@ -65,7 +65,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny, monkeypa
 
     real_to_model = glo_mod.to_model
     monkeypatch.setattr(glo_mod, "to_model", lambda x: real_to_model(x) * float("nan"))
-    with pytest.raises(TrainingError, match=r"non-finite GLO loss at epoch 2.*checkpoint .*glo.pt is kept"):
+    with pytest.raises(TrainingError, match=r"non-finite GLO loss at epoch 2, step 0; the last good checkpoint .*glo.pt is kept"):
         train_glo(data, cfg, run)
     kept = torch.load(run.checkpoint_path("glo"), weights_only=True)
     assert kept["epoch"] == good["epoch"] == 1
