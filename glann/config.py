@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Union
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -109,6 +110,14 @@ class GANConfig:
 
 
 @dataclass
+class EvalConfig:
+    # IMLE epochs between training-time domain-FD checks logged to metrics.jsonl/TensorBoard; 0: off.
+    # Needs labelled data; the first check of a dataset trains and caches its domain classifier.
+    every: int = 0
+    num_samples: int = 2000  # samples (and training images) per check: about 2 s on a 2-core CPU
+
+
+@dataclass
 class GlannConfig:
     name: str = "fashion_mnist"
     out_dir: str = "runs"
@@ -126,6 +135,7 @@ class GlannConfig:
     imle: IMLEConfig = field(default_factory=IMLEConfig)
     method: str = "glann"  # glann | gan (the adversarial baseline, configured by `gan`)
     gan: GANConfig = field(default_factory=GANConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def _fail(exc: OmegaConfBaseException, where: str) -> ConfigError:
@@ -154,14 +164,20 @@ def load_config(path: Union[str, Path, None] = None, overrides: Sequence[str] = 
             merged = OmegaConf.merge(merged, loaded)
         except OmegaConfBaseException as exc:
             raise _fail(exc, str(path)) from exc
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ConfigError(f"{path}: cannot be merged onto the config ({str(exc).splitlines()[0]})") from exc
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value (e.g. glo.epochs=5)")
     try:
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        cfg: GlannConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]  (resolves ${...} too)
     except OmegaConfBaseException as exc:
         raise _fail(exc, "overrides") from exc
-    cfg: GlannConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except (yaml.YAMLError, ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+        # YAML that cannot parse a value, or overrides that contradict each other (glo=[1] glo.epochs=2)
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"overrides {list(overrides)} cannot be merged ({first})") from exc
     validate(cfg)
     return cfg
 
@@ -185,6 +201,8 @@ def validate(cfg: GlannConfig) -> None:
         (cfg.imle.refresh_every >= 1 and cfg.checkpoint_every >= 1 and cfg.sample_every >= 1,
          "imle.refresh_every, checkpoint_every and sample_every must be >= 1"),
         (cfg.method in METHODS, f"method must be one of {METHODS}, got '{cfg.method}'"),
+        (cfg.eval.every >= 0 and cfg.eval.num_samples >= 10,
+         "eval.every must be >= 0 (0: off) and eval.num_samples >= 10"),
         (cfg.gan.loss in GAN_LOSSES, f"gan.loss must be one of {GAN_LOSSES}, got '{cfg.gan.loss}'"),
         (cfg.gan.epochs >= 0 and cfg.gan.batch_size > 0 and cfg.gan.n_critic >= 1 and cfg.gan.pack >= 1,
          "gan.epochs must be >= 0, gan.batch_size > 0, gan.n_critic >= 1 and gan.pack >= 1"),
