@@ -1,4 +1,4 @@
-"""`glann train | sample`: argument parsing over the same functions a Python user calls."""
+"""`glann train | sample | compare | report`: argument parsing over the same functions a Python user calls."""
 from __future__ import annotations
 
 import argparse
@@ -52,6 +52,22 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import compare
+
+    out = compare(args.config, list(args.overrides))
+    print(f"report: {out / 'report.md'} and {out / 'report.html'}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    out = write_report(args.runs, args.out_dir, features=args.features, num_samples=args.num_samples)
+    print(f"report: {out / 'report.md'} and {out / 'report.html'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="glann", description="GLANN: non-adversarial image generation (GLO + IMLE)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -72,6 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=["png", "npz"], default="png")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=_sample)
+
+    c = sub.add_parser("compare", help="train methods x seeds under one budget, evaluate, write report.md/.html")
+    c.add_argument("config", help="compare config, e.g. configs/compare_fashion_mnist.yaml")
+    c.add_argument("overrides", nargs="*", help="key=value overrides of the compare config, e.g. seeds=[0]")
+    c.set_defaults(func=_compare)
+
+    r = sub.add_parser("report", help="rebuild a comparison report from existing run directories")
+    r.add_argument("runs", nargs="+", help="run directories, e.g. runs/compare/glann_s0 runs/compare/dcgan_s0")
+    r.add_argument("-o", "--out-dir", default="report", help="where report.md, report.html and plots/ go")
+    r.add_argument("--features", default="domain", choices=["basic", "domain", "inception"])
+    r.add_argument("--num-samples", type=int, default=5000)
+    r.set_defaults(func=_report)
     return p
 
 

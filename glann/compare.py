@@ -1,0 +1,117 @@
+"""`glann compare`: train methods x seeds under one budget, evaluate each run, write the report.
+
+A compare config (configs/compare_*.yaml) names methods (a training config + overrides each), the
+seeds, the budget and the metrics. Runs live in <out_dir>/<name>/<method>_s<seed>/; a finished run
+(one with model.safetensors) is not trained again, an interrupted one is resumed, so the command
+can be re-run after a stop and only finishes what is missing.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Union
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .config import load_config
+from .errors import ConfigError
+from .runs import MODEL_FILE, atomic_write
+
+TIMING_FILE = "timing.json"  # {"train_seconds": wall-clock of glann.train for this run}
+FEATURES = ("basic", "domain", "inception")
+
+
+@dataclass
+class MethodSpec:
+    config: str  # a training config, e.g. configs/gan_fashion_mnist.yaml
+    overrides: List[str] = field(default_factory=list)
+
+
+@dataclass
+class CompareConfig:
+    name: str = "compare"
+    out_dir: str = "runs"
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
+    # The budget, the same for every run. GAN runs stop at it (gan.max_seconds / gan.max_steps);
+    # GLANN's two stages are sized by their epochs, so choose them to fit: the report shows every
+    # run's measured training time beside its metrics.
+    budget_seconds: Optional[float] = None
+    budget_steps: Optional[int] = None
+    features: str = "domain"  # domain | inception (glann.evaluate) | basic (pixel statistics)
+    num_samples: int = 5000  # generated images per evaluation (and real ones they are compared to)
+    overrides: List[str] = field(default_factory=list)  # applied to every method, before its own
+    methods: Dict[str, MethodSpec] = field(default_factory=dict)
+
+
+def load_compare_config(path: Union[str, Path], overrides: List[str] = ()) -> CompareConfig:
+    """Defaults <- YAML <- `key=value` overrides; raises ConfigError naming the bad key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"compare config {path} not found; pass a file such as configs/compare_fashion_mnist.yaml")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(CompareConfig), OmegaConf.load(path),
+                                 OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        raise ConfigError(f"{path}: bad compare key '{key}': {str(exc).splitlines()[0]}") from exc
+    cfg: CompareConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    if not cfg.methods:
+        raise ConfigError(f"{path}: lists no methods; add methods: {{name: {{config: configs/...yaml}}}}")
+    if not cfg.seeds:
+        raise ConfigError(f"{path}: seeds is empty; give at least one, e.g. seeds: [0, 1, 2]")
+    if cfg.features not in FEATURES:
+        raise ConfigError(f"{path}: features must be one of {FEATURES}, got '{cfg.features}'")
+    return cfg
+
+
+def run_overrides(cc: CompareConfig, method: str, seed: int) -> list[str]:
+    """The `key=value` list that turns a method's config into one run of the comparison."""
+    spec = cc.methods[method]
+    budget = []
+    if cc.budget_seconds is not None:
+        budget.append(f"gan.max_seconds={cc.budget_seconds}")
+    if cc.budget_steps is not None:
+        budget.append(f"gan.max_steps={cc.budget_steps}")
+    return [*cc.overrides, *spec.overrides, f"seed={seed}", f"name={method}_s{seed}",
+            f"out_dir={Path(cc.out_dir) / cc.name}", *budget]
+
+
+def compare(config: Union[str, Path, CompareConfig], overrides: List[str] = (),
+            metrics_fn: Optional[Callable[[Path], dict]] = None) -> Path:
+    """Train (or finish) every method x seed, evaluate each run and write report.md / report.html
+    with PNG plots into <out_dir>/<name>/. Returns that directory."""
+    from .pipeline import train
+    from .report import write_report
+
+    cc = config if isinstance(config, CompareConfig) else load_compare_config(config, overrides)
+    root = Path(cc.out_dir) / cc.name
+    run_dirs = []
+    for seed in cc.seeds:
+        for method, spec in cc.methods.items():
+            cfg = load_config(spec.config, run_overrides(cc, method, seed))
+            run_dir = root / f"{method}_s{seed}"
+            run_dirs.append(run_dir)
+            if (run_dir / MODEL_FILE).is_file():
+                continue  # finished earlier
+            resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("*.pt"))
+            t0 = time.perf_counter()
+            train(cfg, resume=resume, run_dir=run_dir)
+            seconds = time.perf_counter() - t0
+            if resume and (run_dir / TIMING_FILE).is_file():  # add the time spent before the stop
+                seconds += json.loads((run_dir / TIMING_FILE).read_text()).get("train_seconds", 0.0)
+            atomic_write(run_dir / TIMING_FILE, lambda tmp: Path(tmp).write_text(json.dumps({"train_seconds": seconds})))
+    return write_report(run_dirs, root, features=cc.features, num_samples=cc.num_samples, metrics_fn=metrics_fn,
+                        title=f"{cc.name}: {len(cc.methods)} methods x {len(cc.seeds)} seeds",
+                        budget=_budget_text(cc))
+
+
+def _budget_text(cc: CompareConfig) -> str:
+    parts = []
+    if cc.budget_seconds is not None:
+        parts.append(f"{cc.budget_seconds:g} s of training per GAN run (GLANN: epochs chosen to fit; see the time column)")
+    if cc.budget_steps is not None:
+        parts.append(f"{cc.budget_steps} generator updates per GAN run")
+    return "; ".join(parts) or "each method's own epochs (no shared budget set)"

@@ -1,0 +1,357 @@
+"""Side-by-side comparison of runs: metrics table (mean +- std over seeds), plots, report.md and a
+standalone report.html (every image embedded). `glann report RUN_DIRS...` and `glann compare` use it.
+
+Metrics come from a pluggable function run_dir -> {name: value}. The default evaluates each run with
+glann.evaluate (features domain or inception) or, with features=basic, with cheap pixel statistics
+that need no classifier; results are cached in <run>/report_metrics.json.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import re
+import statistics
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+
+from .errors import CheckpointError
+from .runs import MODEL_FILE, Run, atomic_write
+
+METRICS_FILE = "report_metrics.json"
+# (key, column title, better): the columns of the table, in order, when a run has them.
+COLUMNS = [
+    ("fd", "FD", "lower"), ("kd_mean", "KD", "lower"), ("precision", "precision", "higher"),
+    ("recall", "recall", "higher"), ("density", "density", "higher"), ("coverage", "coverage", "higher"),
+    ("classes_covered", "classes covered", "higher"), ("mode_kl", "KL(gen || data)", "lower"),
+    ("pixel_fd", "pixel FD", "lower"), ("diversity", "diversity", "closer to data"),
+    ("train_seconds", "train s", "-"), ("g_steps", "G updates", "-"), ("flags", "GAN flags", "-"),
+]
+MetricsFn = Callable[[Path], dict]
+
+
+# ---------------------------------------------------------------------------- metrics
+def basic_metrics(run_dir: Path, num_samples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Pixel statistics needing no feature network: Frechet distance between 8 x 8 average-pooled
+    samples and real images (test split when there is one), and sample diversity relative to the data's."""
+    from dataclasses import replace
+
+    from .data import load_dataset
+    from .gan import diversity
+    from .images import to_model
+    from .sampler import Sampler
+
+    s = Sampler.from_pretrained(run_dir, device="cpu")
+    data_cfg = s.cfg.data
+    split = "test" if data_cfg.source in ("fashion_mnist", "mnist", "cifar10") else "train"
+    try:
+        real = load_dataset(replace(data_cfg, split=split, limit=num_samples)).images
+    except Exception:  # no test split on disk: fall back to the run's own training data
+        real = load_dataset(replace(data_cfg, limit=num_samples)).images
+    fake = s.sample(num_samples, seed=seed) * 2 - 1
+    real = to_model(real)
+
+    def pooled(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(x, 8).flatten(1).double()
+
+    k = min(256, len(real), len(fake))
+    return {"pixel_fd": _frechet(pooled(real), pooled(fake)),
+            "diversity": diversity(fake[:k]) / max(diversity(real[:k]), 1e-12)}
+
+
+def _frechet(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||mu_a - mu_b||^2 + tr(Sa + Sb - 2 (Sa^1/2 Sb Sa^1/2)^1/2), rows are samples (float64)."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    sa, sb = torch.cov(a.T), torch.cov(b.T)
+    w, v = torch.linalg.eigh(sa)
+    root_a = v @ torch.diag(w.clamp_min(0).sqrt()) @ v.T
+    cross = torch.linalg.eigvalsh(root_a @ sb @ root_a).clamp_min(0).sqrt().sum()
+    return float((mu_a - mu_b).pow(2).sum() + sa.trace() + sb.trace() - 2 * cross)
+
+
+def evaluation_metrics(run_dir: Path, features: str, num_samples: int) -> dict[str, Any]:
+    """glann.evaluate's metrics for a run (FD, KD, PRDC, mode coverage ...), features domain|inception."""
+    from .evaluate import evaluate_run
+
+    return evaluate_run(run_dir, features=features, num_samples=num_samples, recon_images=0, device="cpu")["metrics"]
+
+
+def default_metrics(features: str = "domain", num_samples: int = 5000) -> MetricsFn:
+    """run_dir -> metrics, cached in <run>/report_metrics.json under '<features>:<num_samples>'."""
+    key = f"{features}:{num_samples}"
+
+    def metrics(run_dir: Path) -> dict:
+        cache = run_dir / METRICS_FILE
+        stored = json.loads(cache.read_text()) if cache.is_file() else {}
+        model_time = (run_dir / MODEL_FILE).stat().st_mtime
+        if key in stored and stored[key].get("_model_mtime") == model_time:
+            return stored[key]
+        got = dict(basic_metrics(run_dir, min(num_samples, 2000)))
+        if features != "basic":
+            got.update(evaluation_metrics(run_dir, features, num_samples))
+        got["_model_mtime"] = model_time
+        stored[key] = got
+        atomic_write(cache, lambda tmp: Path(tmp).write_text(json.dumps(stored, indent=1)))
+        return got
+
+    return metrics
+
+
+# ---------------------------------------------------------------------------- runs
+def summarise_run(run_dir: Path, metrics_fn: MetricsFn) -> dict[str, Any]:
+    """Everything the report shows about one run: method, seed, metrics, curves, flags, samples."""
+    run_dir = Path(run_dir)
+    if not (run_dir / MODEL_FILE).is_file():
+        raise CheckpointError(f"{run_dir} holds no finished run (no {MODEL_FILE}); train or resume it first")
+    cfg = Run(run_dir, None).saved_config()  # type: ignore[arg-type]
+    if cfg is None:
+        raise CheckpointError(f"{run_dir} has no config.yaml; the report needs it to tell the method and seed")
+    records = Run(run_dir, cfg).read_metrics()
+    m = re.fullmatch(r"(.+)_s(\d+)", run_dir.name)
+    method = m.group(1) if m else (cfg.name if cfg.method == "glann" else f"{cfg.name}")
+    values = {k: v for k, v in metrics_fn(run_dir).items() if not k.startswith("_")}
+    gan = [r for r in records if r["stage"] == "gan"]
+    flags = sorted({k[5:] for r in gan for k, v in r.items() if k.startswith("flag_") and v == 1.0})
+    timing = run_dir / "timing.json"
+    if timing.is_file():
+        values["train_seconds"] = json.loads(timing.read_text())["train_seconds"]
+    elif records:  # no timing written (a run trained outside `glann compare`): the span of its log
+        values["train_seconds"] = records[-1]["time"] - records[0]["time"]
+    if gan:
+        values["g_steps"] = gan[-1]["g_steps"]
+    values["flags"] = ", ".join(flags) if cfg.method == "gan" else ""
+    return {"dir": run_dir, "method": method, "kind": cfg.method, "seed": cfg.seed, "metrics": values,
+            "records": records, "samples": run_dir / "samples.png"}
+
+
+def _mean_std(xs: list[float]) -> str:
+    xs = [x for x in xs if isinstance(x, (int, float)) and math.isfinite(x)]
+    if not xs:
+        return "-"
+    mean = statistics.fmean(xs)
+    fmt = (lambda v: f"{v:.0f}") if abs(mean) >= 100 else (lambda v: f"{v:.3g}")
+    return f"{fmt(mean)} ± {fmt(statistics.stdev(xs))}" if len(xs) > 1 else fmt(mean)
+
+
+def _table(runs: list[dict], methods: list[str]) -> tuple[list[str], list[list[str]], list[list[str]]]:
+    """(header, per-method rows with mean ± std, per-run rows)."""
+    cols = [c for c in COLUMNS if any(c[0] in r["metrics"] and r["metrics"][c[0]] not in ("", None) for r in runs)]
+    header = ["method", "seeds"] + [f"{t} ({b})" if b != "-" else t for _, t, b in cols]
+    rows = []
+    for meth in methods:
+        rs = [r for r in runs if r["method"] == meth]
+        row = [meth, str(len(rs))]
+        for key, _, _ in cols:
+            vals = [r["metrics"].get(key) for r in rs]
+            if key == "flags":
+                gan = any(r["kind"] == "gan" for r in rs)
+                row.append(("; ".join(f"s{r['seed']}: {v}" for r, v in zip(rs, vals) if v) or "none") if gan else "-")
+            else:
+                row.append(_mean_std(vals))
+        rows.append(row)
+    per_run = []
+    for r in runs:
+        row = [r["method"], str(r["seed"])]
+        for key, _, _ in cols:
+            v = r["metrics"].get(key)
+            if key == "flags" and r["kind"] == "gan":
+                v = v or "none"
+            row.append((v or "-") if isinstance(v, str) else _mean_std([v]) if v is not None else "-")
+        per_run.append(row)
+    return header, rows, per_run
+
+
+# ---------------------------------------------------------------------------- plots
+def _plots(runs: list[dict], methods: list[str], out: Path) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    paths: dict[str, Path] = {}
+
+    # Loss curves: one panel per method, a line per seed and loss.
+    fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods), 3.2), squeeze=False)
+    for ax, meth in zip(axes[0], methods):
+        for r in (r for r in runs if r["method"] == meth):
+            for stage, key in (("glo", "loss"), ("imle", "loss"), ("gan", "d_loss"), ("gan", "g_loss")):
+                pts = [(x["step"], x[key]) for x in r["records"] if x["stage"] == stage and key in x
+                       and isinstance(x[key], (int, float))]
+                if pts:
+                    ax.plot(*zip(*pts), marker=".", label=f"s{r['seed']} {stage} {key}")
+        ax.set_title(meth)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    paths["losses"] = out / "losses.png"
+    fig.savefig(paths["losses"], dpi=90)
+    plt.close(fig)
+
+    # Quality over time: what each run logged while training (domain FD when the evaluation
+    # suite logs it; GAN sample diversity relative to the data's).
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    plotted = False
+    for r in runs:
+        t0 = r["records"][0]["time"] if r["records"] else 0
+        for key in ("domain_fd", "fd", "diversity_ratio"):
+            pts = [(x["time"] - t0, x[key]) for x in r["records"] if key in x and isinstance(x[key], (int, float))]
+            if pts:
+                ax.plot(*zip(*pts), marker=".", color=colours[r["method"]],
+                        linestyle="-" if r["seed"] == runs[0]["seed"] else "--", label=f"{r['method']} s{r['seed']} {key}")
+                plotted = True
+    ax.set_xlabel("seconds since the first logged epoch")
+    ax.set_title("quality logged during training")
+    if plotted:
+        ax.legend(fontsize=6)
+    else:
+        ax.text(0.5, 0.5, "no quality metric logged during training", ha="center", transform=ax.transAxes)
+    fig.tight_layout()
+    paths["quality"] = out / "quality_over_time.png"
+    fig.savefig(paths["quality"], dpi=90)
+    plt.close(fig)
+
+    # Headline metric per run, grouped by method: the spread over seeds at a glance.
+    key = next((k for k in ("fd", "pixel_fd") if any(k in r["metrics"] for r in runs)), None)
+    if key:
+        fig, ax = plt.subplots(figsize=(6.5, 3.2))
+        for i, meth in enumerate(methods):
+            ys = [r["metrics"][key] for r in runs if r["method"] == meth and key in r["metrics"]]
+            ax.scatter([i] * len(ys), ys, color=colours[meth], s=40)
+            if ys:
+                ax.hlines(statistics.fmean(ys), i - 0.25, i + 0.25, color=colours[meth])
+        ax.set_xticks(range(len(methods)), methods, fontsize=8)
+        ax.set_ylabel(f"{key} (lower is better)")
+        ax.set_title(f"{key} per seed (bar: mean)")
+        fig.tight_layout()
+        paths["spread"] = out / "metric_spread.png"
+        fig.savefig(paths["spread"], dpi=90)
+        plt.close(fig)
+
+    # Class histograms of generated samples (when the evaluation's classifier gave them).
+    hist_runs = [r for r in runs if isinstance(r["metrics"].get("class_histogram"), list)]
+    if hist_runs:
+        k = len(hist_runs[0]["metrics"]["class_histogram"])
+        fig, ax = plt.subplots(figsize=(7.5, 3.2))
+        width = 0.8 / len(methods)
+        for i, meth in enumerate(methods):
+            hs = [r["metrics"]["class_histogram"] for r in hist_runs if r["method"] == meth]
+            if hs:
+                mean = [statistics.fmean(col) for col in zip(*hs)]
+                ax.bar([c + i * width for c in range(k)], mean, width, color=colours[meth], label=meth)
+        ax.axhline(1.0 / k, color="grey", linestyle=":", label="uniform")
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("share of samples (mean over seeds)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths["classes"] = out / "class_histograms.png"
+        fig.savefig(paths["classes"], dpi=90)
+        plt.close(fig)
+    return paths
+
+
+# ---------------------------------------------------------------------------- writing
+def write_report(run_dirs: Sequence[Union[str, Path]], out_dir: Union[str, Path], features: str = "domain",
+                 num_samples: int = 5000, metrics_fn: Optional[MetricsFn] = None, title: str = "glann comparison",
+                 budget: str = "") -> Path:
+    """Write report.md, report.html and plots/ for the runs into out_dir; returns out_dir."""
+    out_dir = Path(out_dir)
+    metrics_fn = metrics_fn or default_metrics(features, num_samples)
+    runs = [summarise_run(Path(d), metrics_fn) for d in run_dirs]
+    if not runs:
+        raise CheckpointError("no runs to report on; pass run directories such as runs/compare/glann_s0")
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    header, rows, per_run = _table(runs, methods)
+    plots = _plots(runs, methods, out_dir / "plots")
+    flags = [(r["method"], r["seed"], f) for r in runs for f in _flag_lines(r)]
+    protocol = (f"Metrics: features `{features}`, {num_samples} generated samples per run"
+                + (" (pixel FD and diversity from 2000)" if features != "basic" else "")
+                + f". Budget: {budget or 'as configured per run'}.")
+
+    md = [f"# {title}", "", protocol, "", "## Mean ± std over seeds", "", *_md_table(header, rows), "",
+          "## Every run", "", *_md_table(["method", "seed"] + header[2:], per_run), ""]
+    if flags:
+        md += ["## GAN failure flags (first epoch each was seen)", ""]
+        md += [f"- {m} s{s}: {f}" for m, s, f in flags] + [""]
+    md += ["## Plots", ""] + [f"![{name}](plots/{p.name})" for name, p in plots.items()] + [""]
+    md += ["## Samples (seed of each run's sampler: its config seed)", ""]
+    md += [f"**{r['method']} s{r['seed']}** ![{r['method']} s{r['seed']}]({_rel(r['samples'], out_dir)})" for r in runs]
+    atomic_write(out_dir / "report.md", lambda tmp: Path(tmp).write_text("\n".join(md) + "\n"))
+
+    body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(protocol)}</p>",
+            "<h2>Mean ± std over seeds</h2>", _html_table(header, rows, "summary"),
+            "<h2>Every run</h2>", _html_table(["method", "seed"] + header[2:], per_run, "runs")]
+    if flags:
+        body += ["<h2>GAN failure flags</h2><ul>"] + [f"<li>{html.escape(f'{m} s{s}: {f}')}</li>" for m, s, f in flags] + ["</ul>"]
+    body += ["<h2>Plots</h2>"] + [f'<figure><img alt="{n}" src="{_data_uri(p)}"><figcaption>{n}</figcaption></figure>'
+                                  for n, p in plots.items()]
+    body += ["<h2>Samples</h2><div class='grids'>"]
+    body += [f'<figure><img class="samples" alt="samples {html.escape(r["method"])} s{r["seed"]}" '
+             f'src="{_data_uri(r["samples"])}"><figcaption>{html.escape(r["method"])} s{r["seed"]}</figcaption></figure>'
+             for r in runs if r["samples"].is_file()]
+    body += ["</div>"]
+    page = HTML_PAGE.format(title=html.escape(title), body="\n".join(body))
+    atomic_write(out_dir / "report.html", lambda tmp: Path(tmp).write_text(page))
+    return out_dir
+
+
+def _flag_lines(r: dict) -> list[str]:
+    seen: dict[str, int] = {}
+    for x in r["records"]:
+        for k, v in x.items():
+            if k.startswith("flag_") and v == 1.0 and k not in seen:
+                seen[k] = x["step"]
+    return [f"{k[5:]} from epoch {e}" for k, e in seen.items()]
+
+
+def _rel(path: Path, base: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(base.resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _html_table(header: list[str], rows: list[list[str]], cls: str) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+HTML_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1200px; margin: 1.5em auto; padding: 0 1em; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.85em; display: block; overflow-x: auto; }}
+th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; white-space: nowrap; }}
+th:first-child, td:first-child {{ text-align: left; }}
+thead {{ background: #f2f2f2; }}
+figure {{ display: inline-block; margin: 0.5em; vertical-align: top; }}
+figure img {{ max-width: 100%; }}
+img.samples {{ width: 260px; image-rendering: pixelated; }}
+figcaption {{ text-align: center; font-size: 0.85em; }}
+</style></head>
+<body>
+{body}
+<script>
+// Lets a headless browser (the report test) confirm every embedded image decoded.
+window.addEventListener("load", () => {{
+  const imgs = Array.from(document.images);
+  document.body.dataset.images = imgs.length;
+  document.body.dataset.imagesDecoded = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+}});
+</script>
+</body></html>
+"""

@@ -1,0 +1,85 @@
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from glann.cli import main
+from glann.compare import compare, load_compare_config
+from glann.errors import CheckpointError, ConfigError
+from glann.report import write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    """configs/compare_tiny.yaml (GLANN vs GAN, 2 seeds, pixel metrics), run once for this module."""
+    torch.set_num_threads(1)  # tiny nets: a second thread only adds OpenMP waiting on a shared CPU
+    out = tmp_path_factory.mktemp("compare")
+    root = compare(ROOT / "configs" / "compare_tiny.yaml", [f"out_dir={out}"])
+    torch.set_num_threads(2)
+    return root
+
+
+def _summary_rows(md: str) -> list[str]:
+    section = md.split("## Mean ± std over seeds")[1].split("##")[0]
+    return [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+
+
+def test_compare_writes_markdown_and_html_with_a_row_per_method(compared):
+    md = (compared / "report.md").read_text()
+    rows = _summary_rows(md)
+    assert [r.split("|")[1].strip() for r in rows] == ["glann", "gan"]
+    assert all(r.split("|")[2].strip() == "2" for r in rows)  # two seeds each
+    assert "±" in rows[0]
+    page = (compared / "report.html").read_text()
+    assert page.count("<tr>") == 1 + 2 + 1 + 4  # summary header + 2 methods, per-run header + 4 runs
+    assert page.count('src="data:image/png;base64,') >= 4 + 3  # 4 sample grids and the plots, embedded
+    assert {p.name for p in (compared / "plots").iterdir()} >= {"losses.png", "quality_over_time.png"}
+
+
+def test_compare_does_not_retrain_finished_runs(compared):
+    model = compared / "gan_s0" / "model.safetensors"
+    before = model.stat().st_mtime_ns
+    compare(ROOT / "configs" / "compare_tiny.yaml", [f"out_dir={compared.parent}", "seeds=[0]"])
+    assert model.stat().st_mtime_ns == before
+
+
+def test_report_cli_rebuilds_the_report_from_run_dirs(compared, tmp_path):
+    runs = [str(compared / n) for n in ("glann_s0", "gan_s0")]
+    assert main(["report", *runs, "-o", str(tmp_path / "r"), "--features", "basic", "--num-samples", "64"]) == 0
+    assert len(_summary_rows((tmp_path / "r" / "report.md").read_text())) == 2
+    assert (tmp_path / "r" / "report.html").is_file()
+
+
+def test_report_on_an_unfinished_run_names_the_problem(tmp_path):
+    (tmp_path / "half" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="no finished run"):
+        write_report([tmp_path / "half"], tmp_path / "r", features="basic")
+
+
+def test_compare_config_without_methods_is_a_config_error(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("name: x\nseeds: [0]\n")
+    with pytest.raises(ConfigError, match="no methods"):
+        load_compare_config(f)
+
+
+def _chromium() -> str | None:
+    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium on PATH (scripts/setup.sh installs Debian's chromium)")
+def test_report_html_renders_in_headless_chromium(compared, tmp_path):
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--no-first-run", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+           "--virtual-time-budget=5000", "--dump-dom", (compared / "report.html").resolve().as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    assert '<table class="summary">' in dom and "glann" in dom
+    images = re.search(r'data-images="(\d+)"', dom)
+    decoded = re.search(r'data-images-decoded="(\d+)"', dom)
+    assert images and decoded, "the page's load script did not run"
+    assert int(images.group(1)) >= 7 and decoded.group(1) == images.group(1)
