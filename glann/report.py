@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .runs import MODEL_FILE, Run, atomic_write
 
 METRICS_FILE = "report_metrics.json"
@@ -74,8 +74,11 @@ def _frechet(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def evaluation_metrics(run_dir: Path, features: str, num_samples: int) -> dict[str, Any]:
     """glann.evaluate's metrics for a run (FD, KD, PRDC, mode coverage ...), features domain|inception."""
-    from .evaluate import evaluate_run
-
+    try:
+        from .evaluate import evaluate_run
+    except ImportError as exc:
+        raise ConfigError(f"features={features} needs the evaluation suite (glann.evaluate), which this install "
+                          f"lacks ({exc}); use features=basic for pixel statistics") from exc
     return evaluate_run(run_dir, features=features, num_samples=num_samples, recon_images=0, device="cpu")["metrics"]
 
 

@@ -41,10 +41,11 @@ def test_compare_writes_markdown_and_html_with_a_row_per_method(compared):
     assert {p.name for p in (compared / "plots").iterdir()} >= {"losses.png", "quality_over_time.png"}
 
 
-def test_compare_does_not_retrain_finished_runs(compared):
-    model = compared / "gan_s0" / "model.safetensors"
+def test_compare_does_not_retrain_finished_runs(compared, tmp_path):
+    shutil.copytree(compared, tmp_path / compared.name)  # a copy: the other tests read the original
+    model = tmp_path / compared.name / "gan_s0" / "model.safetensors"
     before = model.stat().st_mtime_ns
-    compare(ROOT / "configs" / "compare_tiny.yaml", [f"out_dir={compared.parent}", "seeds=[0]"])
+    compare(ROOT / "configs" / "compare_tiny.yaml", [f"out_dir={tmp_path}", "seeds=[0]"])
     assert model.stat().st_mtime_ns == before
 
 
