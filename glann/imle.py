@@ -62,6 +62,7 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
     knn_seconds: list[float] = []
     grid_noise = torch.randn(cfg.grid_size, cfg.model.noise_dim,
                              generator=torch.Generator().manual_seed(cfg.seed + 2)).to(device)
+    fd_check = None  # the training-time domain FD (cfg.eval), built on first use
 
     epochs = tqdm(range(start, ic.epochs), desc="IMLE", unit="epoch", initial=start, total=ic.epochs)
     for epoch in epochs:
@@ -96,6 +97,11 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
         mean = tracker.flush()
         epoch_seconds.append(time.perf_counter() - t0)
         epochs.set_postfix(loss=f"{mean:.5f}", nn=f"{nn_distances[-1]:.4f}" if nn_distances else "")
+        if run and generator is not None and cfg.eval.every and (epoch + 1) % cfg.eval.every == 0:
+            from .evaluate.training import DomainFDCheck  # late: evaluate imports the sampler, which imports us
+
+            fd_check = fd_check or DomainFDCheck(cfg, device)  # built once: data, classifier, reference features
+            metrics["domain_fd"] = fd_check(generator, T)
         if run:
             run.log("imle", epoch, loss=mean, skipped_batches=tracker.skipped, lr=opt.param_groups[0]["lr"],
                     epoch_seconds=epoch_seconds[-1], **metrics)

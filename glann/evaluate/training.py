@@ -1,0 +1,48 @@
+"""The cheap quality check run during training: domain FD of a few thousand samples against a
+fixed subset of training images, every `eval.every` IMLE epochs (glann/imle.py logs it)."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from ..config import GlannConfig
+from ..data import load_dataset
+from ..errors import ConfigError
+from ..images import to_unit
+from ..nets import Generator, Mapper, sphere
+from .classifier import domain_classifier
+from .features import DomainFeatures, extract_features
+from .metrics import frechet_distance
+
+
+class DomainFDCheck:
+    """Built once per run: loads the training split, the cached domain classifier (training it the
+    first time, a few minutes on a CPU for Fashion-MNIST) and the reference features.
+
+    Calling it with the generator and mapper returns the domain FD (float) of `cfg.eval.num_samples`
+    samples drawn with a fixed noise seed, so successive values differ only by the model.
+    """
+
+    def __init__(self, cfg: GlannConfig, device: torch.device):
+        train = load_dataset(replace(cfg.data, split="train", limit=None))
+        if train.labels is None:
+            raise ConfigError(f"eval.every > 0 logs the domain FD, which needs class labels, and "
+                              f"data.source={cfg.data.source} has none; set eval.every=0")
+        n = cfg.eval.num_samples
+        self.features = DomainFeatures(domain_classifier(train, device=device).model).to(device)
+        g = torch.Generator().manual_seed(cfg.seed + 3)
+        idx = torch.randperm(len(train), generator=g)[:n]
+        self.real = extract_features(self.features, train.images[idx].cpu(), device=device)
+        self.noise = torch.randn(n, cfg.model.noise_dim, generator=g).to(device)
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, generator: Generator, mapper: Mapper) -> float:
+        modes = generator.training, mapper.training
+        generator.eval(), mapper.eval()
+        try:
+            fake = torch.cat([to_unit(generator(sphere(mapper(e)))) for e in self.noise.split(1024)])
+        finally:
+            generator.train(modes[0]), mapper.train(modes[1])
+        return frechet_distance(self.real, extract_features(self.features, fake.cpu(), device=self.device))
