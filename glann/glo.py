@@ -8,6 +8,7 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from .config import GlannConfig
@@ -16,12 +17,14 @@ from .errors import TrainingError
 from .images import save_grid, to_model, to_unit
 from .losses import make_loss
 from .nets import Generator, sphere
+from .distributed import ShardedState
+from .distributed import current as current_dist
 from .runs import CHECK_EVERY, LossTracker, Run
 
 @dataclass
 class GLOResult:
     generator: Generator
-    codes: torch.Tensor  # float N x nz, unit rows, on the training device
+    codes: torch.Tensor  # float N x nz, unit rows, on the training device (this rank's shard under torchrun)
     losses: list[float] = field(default_factory=list)  # mean reconstruction loss per epoch trained here
     images_per_s: list[float] = field(default_factory=list)  # training throughput per epoch trained here
 
@@ -39,13 +42,20 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
     """
     device = data.images.device
     n, gc = len(data), cfg.glo
+    d = current_dist()  # under torchrun: this rank trains the codes of its shard of the images only
+    mine = d.shard(n, device)
+    images = data.images[mine] if d.active else data.images
+    n_local = len(mine)
     torch.manual_seed(cfg.seed)  # module initialisation is the only user of the global RNG
     rng = torch.Generator().manual_seed(cfg.seed)  # code init and batch order
     G = build_generator(cfg, data.image_size, data.channels).to(device)
     # Sparse: each step touches batch_size rows of an N-row table; SparseAdam updates only those.
-    codes = nn.Embedding(n, cfg.model.nz, sparse=True).to(device)
-    with torch.no_grad():
-        codes.weight.copy_(sphere(torch.randn(n, cfg.model.nz, generator=rng)).to(device))
+    codes = nn.Embedding(n_local, cfg.model.nz, sparse=True).to(device)
+    with torch.no_grad():  # the same initial codes whatever the world size
+        codes.weight.copy_(sphere(torch.randn(n, cfg.model.nz, generator=rng)).to(device)[mine])
+    if d.active:
+        rng.manual_seed(cfg.seed + 7919 * d.rank)  # each rank its own batch order
+    G_train = DDP(G) if d.active else G  # all-reduces G's gradients; codes stay local
     betas = (gc.beta1, gc.beta2)
     opt_g = torch.optim.Adam(G.parameters(), lr=gc.lr_generator, betas=betas)
     opt_z = torch.optim.SparseAdam(codes.parameters(), lr=gc.lr_codes, betas=betas)
@@ -53,25 +63,26 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
     sched_z = torch.optim.lr_scheduler.StepLR(opt_z, gc.decay_every, gc.decay_rate)
     loss_fn = make_loss(gc.loss, data.channels, gc.loss_random_weights).to(device)
 
-    state = {"generator": G, "codes": codes, "opt_g": opt_g, "opt_z": opt_z, "sched_g": sched_g, "sched_z": sched_z}
+    state = {"generator": G, "codes": ShardedState(codes, d, n, n_local), "opt_g": opt_g,
+             "opt_z": ShardedState(opt_z, d, n, n_local), "sched_g": sched_g, "sched_z": sched_z}
     start = run.load_stage("glo", state, rng, device)[0] if run else 0
-    batch = min(gc.batch_size, n)
-    steps = n // batch  # drop the last partial batch, as the reference does; the order changes each epoch
+    batch = max(1, min(gc.batch_size, n) // d.world)  # per rank; the global batch stays glo.batch_size
+    steps = (n // d.world) // batch  # equal on every rank; the last partial batch is dropped, as the reference does
     losses: list[float] = []
     throughput: list[float] = []
-    grid_idx = torch.arange(min(cfg.grid_size, n), device=device)
+    grid_idx = torch.arange(min(cfg.grid_size, n_local), device=device)
 
     epochs = tqdm(range(start, gc.epochs), desc="GLO", unit="epoch", initial=start, total=gc.epochs)
     for epoch in epochs:
         G.train()
         t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=rng).to(device)
+        perm = torch.randperm(n_local, generator=rng).to(device)
         tracker = LossTracker("GLO", epoch, run, device, cfg.skip_nonfinite)
         bar = tqdm(range(steps), desc=f"GLO epoch {epoch}", unit="batch", leave=False)
         for step in bar:
             idx = perm[step * batch:(step + 1) * batch]
-            real = to_model(data.images[idx])
-            loss = loss_fn(G(codes(idx)), real).mean()
+            real = to_model(images[idx])
+            loss = loss_fn(G_train(codes(idx)), real).mean()
             if not tracker.add(loss, step):
                 continue
             opt_g.zero_grad(set_to_none=True)
@@ -85,16 +96,16 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
                 bar.set_postfix(loss=f"{tracker.flush():.4f}")  # one host sync every CHECK_EVERY steps
         sched_g.step()
         sched_z.step()
-        mean = tracker.flush()
+        mean = d.sum(tracker.flush()) / d.world
         losses.append(mean)
         seconds = time.perf_counter() - t0
-        throughput.append(steps * batch / seconds)
+        throughput.append(steps * batch * d.world / seconds)
         epochs.set_postfix(loss=f"{mean:.4f}")
         if run:
             run.log("glo", epoch, loss=mean, skipped_batches=tracker.skipped, lr_codes=opt_z.param_groups[0]["lr"],
                     lr_generator=opt_g.param_groups[0]["lr"], images_per_s=throughput[-1])
-            if (epoch + 1) % cfg.sample_every == 0 or epoch + 1 == gc.epochs:
-                _save_glo_grids(G, codes.weight.detach(), data, grid_idx, cfg.seed, run, epoch)
+            if run.is_main and ((epoch + 1) % cfg.sample_every == 0 or epoch + 1 == gc.epochs):
+                _save_glo_grids(G, codes.weight.detach(), images, grid_idx, cfg.seed, run, epoch)
             if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == gc.epochs:
                 run.save_stage("glo", epoch, state, rng)
     G.eval()
@@ -102,11 +113,11 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
 
 
 @torch.no_grad()
-def _save_glo_grids(G: Generator, codes: torch.Tensor, data: Dataset, grid_idx: torch.Tensor,
+def _save_glo_grids(G: Generator, codes: torch.Tensor, images: torch.Tensor, grid_idx: torch.Tensor,
                     seed: int, run: Run, epoch: int) -> None:
     """Reconstructions (real row above its reconstruction) and samples from a Gaussian fit to the codes."""
     G.eval()
-    real = to_unit(to_model(data.images[grid_idx]))
+    real = to_unit(to_model(images[grid_idx]))
     rec = to_unit(G(codes[grid_idx]))
     half = max(1, len(grid_idx) // 2)
     nrow = max(1, int(round(half ** 0.5)))

@@ -4,7 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Union
 
+import torch
+
 from .config import GlannConfig
+from .distributed import init_from_env
+from .errors import ConfigError
 from .data import load_dataset
 from .devices import resolve_device
 from .gan import train_gan
@@ -21,19 +25,27 @@ def train(cfg: GlannConfig, resume: bool = False, run_dir: Optional[Union[str, P
     run_dir defaults to cfg.out_dir/cfg.name. With resume=True the run's own config.yaml is used
     and each stage continues from its last checkpoint.
     """
+    device = resolve_device(cfg.device)
+    d = init_from_env(device)  # under torchrun: join the group; rank 0 alone writes
+    if d.active and device.type == "cuda":
+        device = torch.device("cuda", d.local_rank)
+        torch.cuda.set_device(device)
+    if d.active and cfg.method == "gan":
+        raise ConfigError("the GAN baseline trains in one process; run it without torchrun")
     run = Run.create(cfg, Path(run_dir) if run_dir else None, resume=resume)
     cfg = run.cfg
     try:
-        device = resolve_device(cfg.device)
         data = load_dataset(cfg.data, device, seed=cfg.seed)
         if cfg.method == "gan":  # the adversarial baseline: same generator, no mapper
             generator, mapper = train_gan(data, cfg, run).generator, None
         else:
             glo = train_glo(data, cfg, run)
             generator, mapper = glo.generator, train_imle(glo.codes, cfg, run, generator=glo.generator).mapper
-        export_model(run, generator, mapper)
-        sampler = Sampler(generator, mapper, cfg, device)
-        sampler.save_grid(sampler.sample(cfg.grid_size, seed=cfg.seed), run.path / "samples.png")
+        if run.is_main:
+            export_model(run, generator, mapper)
+            sampler = Sampler(generator, mapper, cfg, device)
+            sampler.save_grid(sampler.sample(cfg.grid_size, seed=cfg.seed), run.path / "samples.png")
+        d.barrier()
     finally:
         run.close()
     return run.path

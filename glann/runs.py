@@ -23,6 +23,7 @@ import torch
 from omegaconf import OmegaConf
 
 from .config import GlannConfig, config_from_dict, to_yaml
+from .distributed import current as current_dist
 from .errors import CheckpointError, TrainingError
 
 MODEL_FILE = "model.safetensors"
@@ -136,6 +137,13 @@ class Run:
         before its first checkpoint starts again from scratch.
         """
         path = Path(path) if path else Path(cfg.out_dir) / cfg.name
+        d = current_dist()
+        if not d.is_main:  # rank 0 checks, locks and writes; the others follow once it has
+            d.barrier()
+            run = cls(path, cfg)
+            saved = run.saved_config() if resume else None
+            run.cfg = saved or cfg
+            return run
         has_ckpt = (path / "checkpoints").is_dir() and any((path / "checkpoints").glob("*.pt"))
         if resume and not has_ckpt and not (path / "config.yaml").is_file():
             raise CheckpointError(f"--resume: {path} holds no run (no config.yaml, no checkpoint); "
@@ -154,7 +162,13 @@ class Run:
                 run.cfg = saved  # the run's own config wins over the command line on resume
         else:
             atomic_write(path / "config.yaml", lambda tmp: Path(tmp).write_text(to_yaml(cfg)))
+        d.barrier()
         return run
+
+    @property
+    def is_main(self) -> bool:
+        """Only rank 0 writes logs, grids, checkpoints and exports."""
+        return current_dist().is_main
 
     def _acquire_lock(self) -> None:
         """An flock on runs/<name>/.lock: a second trainer on the same directory refuses to start.
@@ -191,7 +205,9 @@ class Run:
 
     # ------------------------------------------------------------------ logging
     def log(self, stage: str, step: int, **metrics: float) -> None:
-        """Append one record to metrics.jsonl and the same scalars to TensorBoard."""
+        """Append one record to metrics.jsonl and the same scalars to TensorBoard (rank 0 only)."""
+        if not self.is_main:
+            return
         if self._metrics is None:
             f = self.path / "metrics.jsonl"
             torn = f.is_file() and f.stat().st_size > 0 and not f.read_bytes().endswith(b"\n")
@@ -234,10 +250,18 @@ class Run:
     # ------------------------------------------------------------------ stage state
     def save_stage(self, stage: str, epoch: int, objects: dict[str, Any], rng: torch.Generator,
                    extra: Optional[dict[str, torch.Tensor]] = None) -> None:
-        """Checkpoint a stage after `epoch`: each object's state_dict, the RNG state and `extra` tensors."""
-        state = {"epoch": epoch, "rng": rng.get_state(), "extra": extra or {}}
+        """Checkpoint a stage after `epoch`: each object's state_dict, the RNG state and `extra` tensors.
+
+        Collective under torch.distributed (sharded state is gathered, every rank's RNG state
+        kept); rank 0 writes.
+        """
+        d = current_dist()
+        state = {"epoch": epoch, "rng": rng.get_state(), "extra": extra or {},
+                 "rng_ranks": d.all_gather_cat(rng.get_state().unsqueeze(0))}
         state.update({name: obj.state_dict() for name, obj in objects.items()})
-        save_checkpoint(state, self.checkpoint_path(stage))
+        if d.is_main:
+            save_checkpoint(state, self.checkpoint_path(stage))
+        d.barrier()
 
     def load_stage(self, stage: str, objects: dict[str, Any], rng: torch.Generator,
                    device: torch.device) -> tuple[int, dict[str, torch.Tensor]]:
@@ -249,7 +273,12 @@ class Run:
         try:
             for name, obj in objects.items():
                 obj.load_state_dict(state[name])
-            rng.set_state(state["rng"].cpu())
+            d = current_dist()
+            ranks = state.get("rng_ranks")
+            if ranks is not None and ranks.shape[0] == d.world:
+                rng.set_state(ranks[d.rank].cpu().clone())  # a fresh tensor: set_state misreads a view with an offset
+            elif d.is_main:
+                rng.set_state(state["rng"].cpu())  # saved by a different world size: others keep their seeds
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {path} does not match this run's config "
                                   f"({str(exc).splitlines()[0]}); delete it to start the {stage} stage again") from exc
