@@ -20,8 +20,8 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # torch first, pinned, so that resolving glann's range never pulls a newer multi-GB build.
-.venv/bin/pip install -q --disable-pip-version-check "${TORCH_SPEC:-torch==2.14.1}" "${TORCHVISION_SPEC:-torchvision==0.29.1}" 2>&1 \
-  | grep -v "is ignored: it is neither a file nor a directory" || true
-.venv/bin/pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 \
-  | grep -v "is ignored: it is neither a file nor a directory" || true
+# pip's own failure still fails the script (pipefail); only the filter's "no lines" status is ignored.
+quiet() { { grep -v "is ignored: it is neither a file nor a directory" || true; }; }
+.venv/bin/pip install -q --disable-pip-version-check "${TORCH_SPEC:-torch==2.14.1}" "${TORCHVISION_SPEC:-torchvision==0.29.1}" 2>&1 | quiet
+.venv/bin/pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 | quiet
 .venv/bin/python -c "import glann, torch; print(f'setup: glann {glann.__version__}, torch {torch.__version__}')"
