@@ -26,7 +26,7 @@ METRICS_FILE = "report_metrics.json"
 COLUMNS = [
     ("fd", "FD", "lower"), ("kd_mean", "KD", "lower"), ("precision", "precision", "higher"),
     ("recall", "recall", "higher"), ("density", "density", "higher"), ("coverage", "coverage", "higher"),
-    ("classes_covered", "classes covered", "higher"), ("mode_kl", "KL(gen || data)", "lower"),
+    ("classes_covered", "classes covered", "higher"), ("mode_kl", "KL(gen, data)", "lower"),
     ("pixel_fd", "pixel FD", "lower"), ("diversity", "diversity", "closer to data"),
     ("train_seconds", "train s", "-"), ("g_steps", "G updates", "-"), ("flags", "GAN flags", "-"),
 ]
@@ -141,7 +141,8 @@ def _mean_std(xs: list[float]) -> str:
 
 def _table(runs: list[dict], methods: list[str]) -> tuple[list[str], list[list[str]], list[list[str]]]:
     """(header, per-method rows with mean ± std, per-run rows)."""
-    cols = [c for c in COLUMNS if any(c[0] in r["metrics"] and r["metrics"][c[0]] not in ("", None) for r in runs)]
+    cols = [c for c in COLUMNS if any(c[0] in r["metrics"] and r["metrics"][c[0]] not in ("", None) for r in runs)
+            or (c[0] == "flags" and any(r["kind"] == "gan" for r in runs))]
     header = ["method", "seeds"] + [f"{t} ({b})" if b != "-" else t for _, t, b in cols]
     rows = []
     for meth in methods:

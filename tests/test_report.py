@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from glann.cli import main
-from glann.compare import compare, load_compare_config
+from glann.compare import compare, load_compare_config, run_overrides
 from glann.errors import CheckpointError, ConfigError
 from glann.report import write_report
 
@@ -60,6 +60,15 @@ def test_report_on_an_unfinished_run_names_the_problem(tmp_path):
     (tmp_path / "half" / "checkpoints").mkdir(parents=True)
     with pytest.raises(CheckpointError, match="no finished run"):
         write_report([tmp_path / "half"], tmp_path / "r", features="basic")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("compare_*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_compare_config_loads_and_its_methods_too(path):
+    from glann.config import load_config
+
+    cc = load_compare_config(path)
+    for method, spec in cc.methods.items():
+        load_config(ROOT / spec.config, run_overrides(cc, method, cc.seeds[0]))
 
 
 def test_compare_config_without_methods_is_a_config_error(tmp_path):
