@@ -1,7 +1,6 @@
 """The evaluation suite: metrics that must move the right way, on tiny data in seconds."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
