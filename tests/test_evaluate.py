@@ -31,7 +31,7 @@ def shapes():
 @pytest.fixture(scope="module")
 def shapes_net(shapes):
     train, _ = shapes
-    return train_classifier(train.images, train.labels, epochs=2, batch_size=64, progress=False)
+    return train_classifier(train.images, train.labels, epochs=2, batch_size=32, lr=3e-3, progress=False)
 
 
 def _blur(images: torch.Tensor) -> torch.Tensor:
