@@ -18,7 +18,7 @@ from .metrics import frechet_distance
 
 class DomainFDCheck:
     """Built once per run: loads the training split, the cached domain classifier (training it the
-    first time, a few minutes on a CPU for Fashion-MNIST) and the reference features.
+    first time: seconds on a GPU, long on a small CPU for Fashion-MNIST) and the reference features.
 
     Calling it with the generator and mapper returns the domain FD (float) of `cfg.eval.num_samples`
     samples drawn with a fixed noise seed, so successive values differ only by the model.
