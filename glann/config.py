@@ -80,7 +80,7 @@ class IMLEConfig:
     samples_per_point: float = 2.0  # mapped samples drawn per data code each refresh (reference: 2)
     refresh_every: int = 1  # epochs between nearest-neighbour searches (reference: every epoch)
     knn_backend: str = "auto"
-    knn_query_batch: int = 2048  # queries per k-NN tile; 2048 x 1024 tiles run best on a 2-core CPU
+    knn_query_batch: Optional[int] = None  # queries per k-NN tile; None: 2048 on CPU, 16384 on a GPU
 
 
 @dataclass

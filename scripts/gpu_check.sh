@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# On a lent GPU machine (torch with CUDA, no faiss): the CUDA tests, then the benchmark on the GPU.
+# Expects Fashion-MNIST under .data/fashion-mnist (carried along); writes results under $OUT.
+set -uo pipefail
+export GLANN_DATA=$PWD/.data GLANN_OFFLINE=1 PYTHONPATH=$PWD
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+# The GPU image lacks some pure-Python dependencies: install them from wheels carried in .gpudeps.
+if [ -d .gpudeps ]; then  # wheels unpacked onto PYTHONPATH: no pip, no network needed
+  mkdir -p /tmp/gpusite
+  for w in .gpudeps/*.whl; do python -m zipfile -e "$w" /tmp/gpusite; done
+  export PYTHONPATH=$PWD:/tmp/gpusite
+fi
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+python -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'python', sys.version.split()[0])"
+for m in omegaconf safetensors tqdm tensorboard lpips pytest faiss; do
+  python -c "import $m" 2>/dev/null && echo "have $m" || echo "MISSING $m"
+done
+python -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_knn.py 2>&1 | tail -15
+python scripts/bench.py --device cuda --out "$OUT/bench_gpu.md" 2>/dev/null | tail -30
+# End to end on Fashion-MNIST (60k): 10 GLO + 5 IMLE epochs, per-epoch times from metrics.jsonl.
+SECONDS=0
+timeout 200 python -m glann train configs/fashion_mnist.yaml glo.epochs=10 imle.epochs=5 device=cuda out_dir=$OUT/runs \
+  sample_every=100 >/dev/null 2>&1; echo "train rc=$? wall=${SECONDS}s (includes start-up and data loading)"
+python - "$OUT/runs/fashion_mnist/metrics.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+for stage in ("glo", "imle"):
+    r = [x for x in rows if x["stage"] == stage]
+    if not r: continue
+    t = [b["time"] - a["time"] for a, b in zip(r, r[1:])]
+    key = "images_per_s" if stage == "glo" else "epoch_seconds"
+    print(stage, "epochs", len(r), key, [round(x.get(key, 0), 1) for x in r], "epoch-to-epoch s", [round(x, 2) for x in t])
+PY

@@ -1,0 +1,51 @@
+"""CUDA paths: skipped without a GPU (CI has none); run on a lent GPU by scripts/gpu_check.sh."""
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+
+
+def test_torch_knn_on_cuda_equals_cpu():
+    from glann.knn import nearest
+
+    g = torch.Generator().manual_seed(0)
+    q, x = torch.randn(3000, 64, generator=g), torch.randn(7000, 64, generator=g)
+    d_cpu, i_cpu = nearest(q, x, backend="torch")
+    d_gpu, i_gpu = nearest(q.cuda(), x.cuda(), backend="torch")
+    assert i_gpu.is_cuda
+    full = torch.cdist(q.double(), x.double()).pow(2)
+    assert torch.allclose(full.gather(1, i_gpu.cpu()), full.min(1, keepdim=True).values, rtol=1e-4, atol=1e-4)
+    assert (i_gpu.cpu() == i_cpu).float().mean() > 0.999
+
+
+def test_glo_and_imle_train_on_cuda(tmp_path):
+    from glann.config import load_config
+    from glann.data import load_dataset
+    from glann.glo import train_glo
+    from glann.imle import train_imle
+
+    from conftest import ROOT
+
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"out_dir={tmp_path}", "device=cuda", "glo.epochs=4",
+                                                       "imle.epochs=4"])
+    data = load_dataset(cfg.data, "cuda", seed=0)
+    glo = train_glo(data, cfg)
+    assert glo.codes.is_cuda and glo.losses[-1] < glo.losses[0]
+    imle = train_imle(glo.codes, cfg)
+    assert imle.nn_distances[-1] < imle.nn_distances[0]
+
+
+def test_pipeline_and_sampler_on_cuda(tmp_path):
+    from glann import Sampler, load_config, train
+
+    from conftest import ROOT
+
+    run = train(load_config(ROOT / "configs" / "tiny.yaml", [f"out_dir={tmp_path}", "device=cuda"]))
+    s = Sampler.from_pretrained(run, device="cuda")
+    x = s.sample(16, seed=0)
+    assert x.is_cuda and x.shape == (16, 1, 28, 28)
+    again = s.sample(16, seed=0)
+    assert (x - again).abs().max() < 1e-5, (x - again).abs().max()  # cuDNN may pick another algorithm
+    # Same noise on both devices; TF32 convolutions on the GPU differ from CPU float32 slightly.
+    diff = (x.cpu() - Sampler.from_pretrained(run, device="cpu").sample(16, seed=0)).abs()
+    assert diff.mean() < 1e-2, (diff.mean(), diff.max())
