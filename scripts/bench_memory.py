@@ -99,7 +99,7 @@ def main() -> int:
     lines += ["", "Above --max-queries codes only the first ones are searched (the whole 1,000,000 x "
               "2,000,000 search takes about half an hour here); the tile buffers are allocated by the "
               "first query block, so the peak is already reached, and the per-query vectors add "
-              "24 bytes per code searched."]
+              "24 bytes per code searched. What grows with N is linear in the inputs, never N x m: the search keeps augmented copies [x, ||x||^2] of the samples and [-2q, 1] of the codes (65 floats a row, about 0.8x the inputs at N = 1,000,000) beside fixed-size tiles."]
     samples = soak(args.soak_epochs)
     rss = [m for _, m in samples]
     k = max(1, len(rss) // 10)
