@@ -56,8 +56,8 @@ def nearest(queries: torch.Tensor, database: torch.Tensor, k: int = 1, backend: 
 
     queries: float Q x d, database: float M x d, on the same device.
     Returns (distances float32 Q x k, ascending; indices int64 Q x k), on the queries' device.
-    Memory is bounded by query_batch x db_batch (torch) or query_batch x M (faiss CPU's
-    internal blocks are smaller still), whatever Q and M are.
+    Extra memory is a query_batch x db_batch tile plus O(Q) vectors (torch), or faiss's own
+    fixed-size blocks, whatever Q and M are.
     """
     if queries.ndim != 2 or database.ndim != 2 or queries.shape[1] != database.shape[1]:
         raise ValueError(f"queries {tuple(queries.shape)} and database {tuple(database.shape)} "
@@ -112,7 +112,7 @@ def _torch_nearest1(queries: torch.Tensor, database: torch.Tensor, query_batch: 
                     db_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """k = 1 (the IMLE hot path), at GEMM speed.
 
-    With queries augmented to [-2q, 1] and the database to [x, ||x||^2], one GEMM gives
+    With queries augmented to [-2q, 1] and database rows to [x, ||x||^2], one GEMM gives
     ||x||^2 - 2 q.x. Tiles are computed transposed (database rows x queries) into a reused
     buffer small enough to stay in cache, so the min over database rows is a vectorised
     element-wise min across rows (`amin(0)`); asking for indices there runs several times
@@ -122,18 +122,32 @@ def _torch_nearest1(queries: torch.Tensor, database: torch.Tensor, query_batch: 
     dev = queries.device
     q = queries.float()
     x = database.float()
-    qa = torch.cat([-2.0 * q, torch.ones(q.shape[0], 1, device=dev)], 1)
-    xa = torch.cat([x, (x * x).sum(1, keepdim=True)], 1)
-    nq, nx = q.shape[0], x.shape[0]
+    nq, (nx, dim) = q.shape[0], x.shape
+    x_sq = (x * x).sum(1)
+    # The augmented tiles are built on the fly in reused buffers: extra memory stays
+    # O(tile + N), never a copy of the inputs and never N x m.
+    xt_buf = torch.empty(min(db_batch, nx), dim + 1, device=dev)
+    qt_buf = torch.empty(dim + 1, min(query_batch, nq), device=dev)
+    buf = torch.empty(min(db_batch, nx), min(query_batch, nq), device=dev)
+
+    def db_tile(t: int) -> torch.Tensor:  # [x, ||x||^2] for database rows t .. t + db_batch
+        rows = min(db_batch, nx - t)
+        xt = xt_buf[:rows]
+        xt[:, :dim].copy_(x[t: t + rows])
+        xt[:, dim].copy_(x_sq[t: t + rows])
+        return xt
+
     best = torch.full((nq,), float("inf"), device=dev)
     best_tile = torch.zeros(nq, dtype=torch.int64, device=dev)
-    buf = torch.empty(min(db_batch, nx), min(query_batch, nq), device=dev)
     for s in range(0, nq, query_batch):
-        qt = qa[s: s + query_batch].T.contiguous()
-        b_best, b_tile = best[s: s + qt.shape[1]], best_tile[s: s + qt.shape[1]]
+        cols = min(query_batch, nq - s)
+        qt = qt_buf[:, :cols]  # [-2q, 1], transposed
+        torch.mul(q[s: s + cols].T, -2.0, out=qt[:dim])
+        qt[dim].fill_(1.0)
+        b_best, b_tile = best[s: s + cols], best_tile[s: s + cols]
         for tile, t in enumerate(range(0, nx, db_batch)):
-            xt = xa[t: t + db_batch]
-            d = torch.mm(xt, qt, out=buf[: xt.shape[0], : qt.shape[1]])
+            xt = db_tile(t)
+            d = torch.mm(xt, qt, out=buf[: xt.shape[0], :cols])
             m = d.amin(0)
             better = m < b_best  # strict: ties keep the earlier tile, hence the lower index
             b_best.copy_(torch.where(better, m, b_best))
@@ -143,12 +157,15 @@ def _torch_nearest1(queries: torch.Tensor, database: torch.Tensor, query_batch: 
     counts = torch.bincount(best_tile, minlength=(nx + db_batch - 1) // db_batch).tolist()
     start = 0
     for tile, count in enumerate(counts):
-        if count:
-            sel = order[start: start + count]
-            d = torch.mm(qa[sel], xa[tile * db_batch: (tile + 1) * db_batch].T)
+        for c in range(start, start + count, query_batch):  # in query_batch chunks: bounded memory
+            sel = order[c: min(c + query_batch, start + count)]
+            qa = torch.cat([-2.0 * q[sel], torch.ones(len(sel), 1, device=dev)], 1)
+            d = torch.mm(qa, db_tile(tile * db_batch).T)
             idx[sel] = d.argmin(1) + tile * db_batch  # argmin returns the first of equal values
-            start += count
-    dist = ((q - x[idx]) ** 2).sum(1)  # exact distance of the chosen point, no cancellation
+        start += count
+    dist = torch.empty(nq, device=dev)
+    for s in range(0, nq, query_batch):  # exact distance of the chosen point, no cancellation
+        dist[s: s + query_batch] = ((q[s: s + query_batch] - x[idx[s: s + query_batch]]) ** 2).sum(1)
     return dist.unsqueeze(1), idx.unsqueeze(1)
 
 
