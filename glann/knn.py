@@ -123,7 +123,10 @@ def _torch_nearest1(queries: torch.Tensor, database: torch.Tensor, query_batch: 
     q = queries.float()
     x = database.float()
     nq, (nx, dim) = q.shape[0], x.shape
-    x_sq = (x * x).sum(1)
+    x_sq = torch.empty(nx, device=dev)
+    for t in range(0, nx, db_batch):  # chunked into a preallocated vector: no M x d temporary
+        c = x[t: t + db_batch]
+        torch.sum(c * c, 1, out=x_sq[t: t + db_batch])
     # The augmented tiles are built on the fly in reused buffers: extra memory stays
     # O(tile + N), never a copy of the inputs and never N x m.
     xt_buf = torch.empty(min(db_batch, nx), dim + 1, device=dev)
