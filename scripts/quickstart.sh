@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # The main job: set up, train GLANN on Fashion-MNIST with a small budget, write a sample grid.
+# Run again with the same RUN_NAME, it continues (or just re-exports) that run with its saved config.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/glann train configs/fashion_mnist.yaml glo.epochs=${GLO_EPOCHS:-5} imle.epochs=${IMLE_EPOCHS:-5} "$@"
-.venv/bin/glann sample runs/fashion_mnist -n 64 --seed 0 -o runs/fashion_mnist/grid.png
+NAME=${RUN_NAME:-fashion_mnist}
+RESUME=()
+[ -f "runs/$NAME/config.yaml" ] && RESUME=(--resume)
+.venv/bin/glann train configs/fashion_mnist.yaml name="$NAME" glo.epochs="${GLO_EPOCHS:-5}" \
+  imle.epochs="${IMLE_EPOCHS:-5}" "${RESUME[@]}" "$@"
+.venv/bin/glann sample "runs/$NAME" -n 64 --seed 0 -o "runs/$NAME/grid.png"

@@ -226,3 +226,14 @@ def test_labels_that_do_not_match_the_images_are_refused(tmp_path):
     np.savez(tmp_path / "a.npz", images=np.zeros((5, 28, 28), np.uint8), labels=np.arange(4))
     with pytest.raises(DataError, match="4 labels for 5 images"):
         load_dataset(DataConfig(source="array", path=str(tmp_path / "a.npz")))
+
+
+def test_checkpoints_get_the_usual_file_mode(tmp_path):
+    from glann.runs import save_checkpoint
+
+    umask = os.umask(0o022)
+    try:
+        save_checkpoint({"epoch": 0}, tmp_path / "c.pt")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "c.pt").stat().st_mode & 0o777 == 0o644
