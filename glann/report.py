@@ -169,6 +169,16 @@ def _table(runs: list[dict], methods: list[str]) -> tuple[list[str], list[list[s
 
 
 # ---------------------------------------------------------------------------- plots
+
+def _save(fig, path: Path) -> Path:
+    """Lay out, write and close one matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
 def _plots(runs: list[dict], methods: list[str], out: Path) -> dict[str, Path]:
     import matplotlib
 
@@ -191,10 +201,7 @@ def _plots(runs: list[dict], methods: list[str], out: Path) -> dict[str, Path]:
         ax.set_title(meth)
         ax.set_xlabel("epoch")
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    paths["losses"] = out / "losses.png"
-    fig.savefig(paths["losses"], dpi=90)
-    plt.close(fig)
+    paths["losses"] = _save(fig, out / "losses.png")
 
     # Quality over time: what each run logged while training (domain FD when the evaluation
     # suite logs it; GAN sample diversity relative to the data's).
@@ -214,10 +221,7 @@ def _plots(runs: list[dict], methods: list[str], out: Path) -> dict[str, Path]:
         ax.legend(fontsize=6)
     else:
         ax.text(0.5, 0.5, "no quality metric logged during training", ha="center", transform=ax.transAxes)
-    fig.tight_layout()
-    paths["quality"] = out / "quality_over_time.png"
-    fig.savefig(paths["quality"], dpi=90)
-    plt.close(fig)
+    paths["quality"] = _save(fig, out / "quality_over_time.png")
 
     # Headline metric per run, grouped by method: the spread over seeds at a glance.
     key = next((k for k in ("fd", "pixel_fd") if any(k in r["metrics"] for r in runs)), None)
@@ -231,10 +235,7 @@ def _plots(runs: list[dict], methods: list[str], out: Path) -> dict[str, Path]:
         ax.set_xticks(range(len(methods)), methods, fontsize=8)
         ax.set_ylabel(f"{key} (lower is better)")
         ax.set_title(f"{key} per seed (bar: mean)")
-        fig.tight_layout()
-        paths["spread"] = out / "metric_spread.png"
-        fig.savefig(paths["spread"], dpi=90)
-        plt.close(fig)
+        paths["spread"] = _save(fig, out / "metric_spread.png")
 
     # Class histograms of generated samples (when the evaluation's classifier gave them).
     hist_runs = [r for r in runs if isinstance(r["metrics"].get("class_histogram"), list)]
@@ -251,10 +252,7 @@ def _plots(runs: list[dict], methods: list[str], out: Path) -> dict[str, Path]:
         ax.set_xlabel("predicted class")
         ax.set_ylabel("share of samples (mean over seeds)")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        paths["classes"] = out / "class_histograms.png"
-        fig.savefig(paths["classes"], dpi=90)
-        plt.close(fig)
+        paths["classes"] = _save(fig, out / "class_histograms.png")
     return paths
 
 
