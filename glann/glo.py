@@ -13,7 +13,6 @@ from tqdm.auto import tqdm
 
 from .config import GlannConfig
 from .data import Dataset
-from .errors import TrainingError
 from .images import save_grid, to_model, to_unit
 from .losses import make_loss
 from .nets import Generator, sphere
