@@ -108,6 +108,15 @@ def _faiss_search(queries: torch.Tensor, database: torch.Tensor, k: int,
     return dists.to(queries.device), idx.to(queries.device)
 
 
+def _squared_norms(x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Row norms squared, chunk by chunk into one vector: no M x d temporary."""
+    out = torch.empty(x.shape[0], device=x.device)
+    for t in range(0, x.shape[0], chunk):
+        c = x[t: t + chunk]
+        torch.sum(c * c, 1, out=out[t: t + chunk])
+    return out
+
+
 def _torch_nearest1(queries: torch.Tensor, database: torch.Tensor, query_batch: int,
                     db_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """k = 1 (the IMLE hot path), at GEMM speed.
@@ -123,10 +132,7 @@ def _torch_nearest1(queries: torch.Tensor, database: torch.Tensor, query_batch: 
     q = queries.float()
     x = database.float()
     nq, (nx, dim) = q.shape[0], x.shape
-    x_sq = torch.empty(nx, device=dev)
-    for t in range(0, nx, db_batch):  # chunked into a preallocated vector: no M x d temporary
-        c = x[t: t + db_batch]
-        torch.sum(c * c, 1, out=x_sq[t: t + db_batch])
+    x_sq = _squared_norms(x, db_batch)
     # The augmented tiles are built on the fly in reused buffers: extra memory stays
     # O(tile + N), never a copy of the inputs and never N x m.
     xt_buf = torch.empty(min(db_batch, nx), dim + 1, device=dev)
@@ -174,9 +180,10 @@ def _torch_nearest1(queries: torch.Tensor, database: torch.Tensor, query_batch: 
 
 def _torch_search(queries: torch.Tensor, database: torch.Tensor, k: int, query_batch: int,
                   db_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """k > 1: per-tile top-k merged across tiles (k = 1 takes _torch_nearest1)."""
     q_all = queries.float()
     x_all = database.float()
-    x_sq = (x_all * x_all).sum(1)
+    x_sq = _squared_norms(x_all, db_batch)
     out_d = torch.empty(q_all.shape[0], k, dtype=torch.float32, device=q_all.device)
     out_i = torch.empty(q_all.shape[0], k, dtype=torch.int64, device=q_all.device)
     for s in range(0, q_all.shape[0], query_batch):
@@ -188,17 +195,10 @@ def _torch_search(queries: torch.Tensor, database: torch.Tensor, k: int, query_b
             x = x_all[t: t + db_batch]
             # ||x||^2 - 2 q.x in one fused GEMM; ||q||^2 is added after the top-k (same order).
             d = torch.addmm(x_sq[t: t + db_batch].unsqueeze(0), q, x.T, alpha=-2.0)
-            kk = min(k, x.shape[0])
-            if kk == 1:
-                cd, ci = d.min(1, keepdim=True)
-            else:
-                cd, ci = d.topk(kk, dim=1, largest=False, sorted=True)
+            cd, ci = d.topk(min(k, x.shape[0]), dim=1, largest=False, sorted=True)
             ci = ci + t
             if best_d is None:
                 best_d, best_i = cd, ci
-            elif k == 1:
-                better = cd < best_d  # strict: ties keep the earlier (lower) index
-                best_d, best_i = torch.where(better, cd, best_d), torch.where(better, ci, best_i)
             else:
                 # Earlier chunks first, and a stable sort: ties go to the lower index.
                 cat_d, cat_i = torch.cat([best_d, cd], 1), torch.cat([best_i, ci], 1)
