@@ -32,6 +32,15 @@ def _sample(args: argparse.Namespace) -> int:
 
     sampler = Sampler.from_pretrained(args.run, device=args.device)
     images = sampler.sample(args.num, seed=args.seed)
+    if images.ndim == 2:  # vector data (2-D mixtures): points, not images
+        if args.format != "npz" and args.out_dir:
+            raise SystemExit("glann sample: this run makes 2-D points, not images; use --format npz or a PNG scatter")
+        if args.format == "npz":
+            out = Path(args.output or "samples.npz")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(out, points=images.cpu().numpy())
+            print(f"wrote {len(images)} points to {out} (float N x {images.shape[1]} under key 'points')")
+            return 0
     if args.format == "npz":
         out = Path(args.output or "samples.npz")
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,8 @@ from omegaconf.errors import OmegaConfBaseException
 from .errors import ConfigError
 
 IMAGE_SIZES = (28, 32, 64, 128)
-DATA_SOURCES = ("fashion_mnist", "mnist", "cifar10", "folder", "array", "shapes")
+MIXTURES = ("ring8", "grid25")  # 2-D Gaussian mixtures: vector data, for the mode-collapse benchmarks
+DATA_SOURCES = ("fashion_mnist", "mnist", "cifar10", "folder", "array", "shapes") + MIXTURES
 LOSSES = ("lap1", "lpips", "vgg", "l1", "l2")
 KNN_BACKENDS = ("auto", "faiss", "torch")
 METHODS = ("glann", "gan")
@@ -30,7 +31,7 @@ class DataConfig:
     # Directory (idx/cifar/folder sources) or file (array source). None: search the usual places.
     path: Optional[str] = None
     split: str = "train"
-    # Keep the first `limit` images (None: all).
+    # Keep the first `limit` images (None: all; mixtures: the number of points, None: 10,000).
     limit: Optional[int] = None
     # Folder/array sources are resized and centre-cropped to this; None keeps the native size.
     image_size: Optional[int] = None
@@ -40,6 +41,9 @@ class DataConfig:
     download: bool = True
     # Folder source: skip unreadable images with a warning and a count instead of stopping.
     skip_bad: bool = False
+    # 3: stacked data (Metz et al. 2017): each image is three random images of a grey, labelled
+    # source as its R, G and B channels, so 10 classes give 1,000 modes. 1: the source as it is.
+    stack: int = 1
 
 
 @dataclass
@@ -50,6 +54,8 @@ class ModelConfig:
     batch_norm: bool = True  # reference do_bn: True
     noise_dim: int = 32  # IMLE noise size (reference: 32)
     mapper_hidden: List[int] = field(default_factory=lambda: [128, 128])
+    # Vector data (2-D mixtures) only: hidden widths of the MLP generator (PacGAN's: 4 x 400).
+    mlp_hidden: List[int] = field(default_factory=lambda: [400, 400, 400, 400])
 
 
 @dataclass
@@ -96,6 +102,7 @@ class GANConfig:
     beta1: float = 0.5
     beta2: float = 0.999
     ndf: int = 64  # width of the first discriminator conv layer; later ones double
+    d_hidden: List[int] = field(default_factory=lambda: [200, 200, 200])  # vector data: the MLP discriminator's widths
     d_batch_norm: bool = True  # DCGAN; must be false with wgan-gp or r1_gamma > 0 (per-sample penalties)
     n_critic: int = 1  # discriminator steps per generator step (WGAN: 5)
     label_smoothing: float = 0.0  # one-sided (Salimans et al. 2016): real targets 1 - s; 0.1 is usual
@@ -192,6 +199,16 @@ def validate(cfg: GlannConfig) -> None:
          f"data.image_size must be one of {IMAGE_SIZES}, got {cfg.data.image_size}"),
         (cfg.data.channels in (None, 1, 3), f"data.channels must be 1 or 3, got {cfg.data.channels}"),
         (cfg.glo.loss in LOSSES, f"glo.loss must be one of {LOSSES}, got '{cfg.glo.loss}'"),
+        (cfg.data.stack in (1, 3), f"data.stack must be 1 or 3, got {cfg.data.stack}"),
+        (cfg.data.stack == 1 or cfg.data.channels in (None, 3), "data.stack=3 makes 3-channel images; drop data.channels"),
+        (cfg.data.source not in MIXTURES or cfg.glo.loss in ("l1", "l2"),
+         f"data.source={cfg.data.source} is 2-D vector data: set glo.loss=l2 (or l1); '{cfg.glo.loss}' is an image loss"),
+        (cfg.data.source not in MIXTURES or cfg.data.stack == 1, "data.stack=3 stacks images, not 2-D points"),
+        (cfg.data.source not in MIXTURES or not cfg.eval.every,
+         "eval.every > 0 logs the domain FD of images; set eval.every=0 for 2-D mixture data"),
+        (len(cfg.model.mlp_hidden) > 0 and len(cfg.gan.d_hidden) > 0
+         and min(cfg.model.mlp_hidden + cfg.gan.d_hidden) > 0,
+         "model.mlp_hidden and gan.d_hidden need at least one layer, each of positive width"),
         (cfg.imle.knn_backend in KNN_BACKENDS,
          f"imle.knn_backend must be one of {KNN_BACKENDS}, got '{cfg.imle.knn_backend}'"),
         (cfg.imle.samples_per_point > 0, "imle.samples_per_point must be positive"),

@@ -1,4 +1,5 @@
-"""Dataset sources -> one uint8 tensor N x C x H x W (+ int64 labels when the source has them).
+"""Dataset sources -> one uint8 tensor N x C x H x W (+ int64 labels when the source has them);
+the 2-D mixtures give float N x 2 points instead (vector data).
 
 The whole dataset lives on the training device; batches are index gathers (GLO needs the
 index of every image anyway), so there is no DataLoader on the hot path.
@@ -6,6 +7,7 @@ index of every image anyway), so there is no DataLoader on the hot path.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import warnings
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import IMAGE_SIZES, DataConfig
+from .config import IMAGE_SIZES, MIXTURES, DataConfig
 from .errors import DataError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -30,7 +32,8 @@ _IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 
 @dataclass
 class Dataset:
-    """images: uint8 N x C x H x W; labels: int64 N, or None when the source has none."""
+    """images: uint8 N x C x H x W (vector data: float N x D); labels: int64 N, or None when the
+    source has none."""
 
     images: torch.Tensor
     labels: Optional[torch.Tensor]
@@ -46,6 +49,15 @@ class Dataset:
     @property
     def image_size(self) -> int:
         return self.images.shape[-1]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """One sample's shape: (C, H, W) for images, (D,) for vector data."""
+        return tuple(self.images.shape[1:])
+
+    @property
+    def is_vector(self) -> bool:
+        return self.images.ndim == 2
 
 
 def cache_dir() -> Path:
@@ -65,10 +77,17 @@ def load_dataset(cfg: DataConfig, device: torch.device | str = "cpu", seed: int 
         images, labels = _load_array(cfg)
     elif cfg.source == "shapes":
         images, labels = make_shapes(cfg.limit or 512, cfg.image_size or 28, seed=seed)
+    elif cfg.source in MIXTURES:  # vector data: no image conversions apply
+        # A fixed draw per split (not per training seed), so every run of a comparison sees the same points.
+        points, labels = make_mixture(cfg.source, cfg.limit or MIXTURE_POINTS, seed=0 if cfg.split == "train" else 1)
+        return Dataset(points.to(device), labels.to(device), cfg.source)
     else:  # config validation already refuses this
         raise DataError(f"unknown data.source '{cfg.source}'")
 
-    if cfg.limit is not None:
+    if cfg.stack == 3:
+        images, labels = stack_channels(images, labels, cfg.limit or len(images), seed=0 if cfg.split == "train" else 1,
+                                        where=cfg.source)
+    elif cfg.limit is not None:
         images = images[: cfg.limit]
         labels = labels[: cfg.limit] if labels is not None else None
     if images.shape[0] == 0:
@@ -328,3 +347,49 @@ def make_shapes(n: int, size: int = 28, seed: int = 0) -> tuple[torch.Tensor, to
         ((dy <= rr // 3) & (dx <= rr)) | ((dx <= rr // 3) & (dy <= rr)),
     ])[labels, torch.arange(n)]
     return (masks.to(torch.uint8) * 255).unsqueeze(1), labels
+
+
+# ---------------------------------------------------------------- stacked data (1,000 modes from 10 classes)
+
+def stack_channels(images: torch.Tensor, labels: Optional[torch.Tensor], n: int, seed: int = 0,
+                   where: str = "data") -> tuple[torch.Tensor, torch.Tensor]:
+    """n colour images, each three random grey images of `images` as its R, G and B channels.
+
+    The stacked MNIST of Metz et al. (2017), used by VEEGAN and PacGAN to count modes: with K
+    classes there are K^3 modes; a stack's label is a * K^2 + b * K + c for channel classes a, b, c.
+    """
+    if labels is None:
+        raise DataError(f"data.stack=3 needs class labels to count modes, and '{where}' has none")
+    if images.shape[1] != 1:
+        raise DataError(f"data.stack=3 stacks grey images; '{where}' has {images.shape[1]} channels "
+                        f"(set data.channels=1 first)")
+    k = int(labels.max()) + 1
+    idx = torch.randint(0, len(images), (n, 3), generator=torch.Generator().manual_seed(seed))
+    stacked = images[idx.flatten(), 0].view(n, 3, *images.shape[-2:])
+    return stacked, (labels[idx] * torch.tensor([k * k, k, 1])).sum(1)
+
+
+# ---------------------------------------------------------------- 2-D Gaussian mixtures (vector data)
+
+MIXTURE_POINTS = 10_000  # training points when data.limit is not set
+
+
+def mixture_spec(name: str) -> tuple[torch.Tensor, float]:
+    """(centres K x 2, standard deviation) of a named mixture, as in PacGAN's 2-D experiments:
+    ring8, 8 Gaussians evenly on the unit circle with std 0.01; grid25, 25 Gaussians on the grid
+    {-4, -2, 0, 2, 4}^2 with std 0.05."""
+    if name == "ring8":
+        angle = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
+        return torch.stack([angle.cos(), angle.sin()], 1).float(), 0.01
+    if name == "grid25":
+        axis = torch.arange(-4.0, 5.0, 2.0)
+        return torch.cartesian_prod(axis, axis), 0.05
+    raise DataError(f"unknown mixture '{name}'; use one of {MIXTURES}")
+
+
+def make_mixture(name: str, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """n points (float n x 2) drawn evenly from the mixture's components, and each one's component."""
+    centres, std = mixture_spec(name)
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, len(centres), (n,), generator=g)
+    return centres[labels] + std * torch.randn(n, 2, generator=g), labels

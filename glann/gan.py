@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,7 @@ from .config import GlannConfig
 from .data import Dataset
 from .glo import build_generator
 from .images import save_grid, to_model, to_unit
-from .nets import Discriminator, Generator
+from .nets import Discriminator, Generator, MLPDiscriminator
 from .runs import CHECK_EVERY, Run, check_finite
 
 # Diagnostic thresholds (heuristics, documented so a reader can argue with them).
@@ -46,8 +46,12 @@ class GANResult:
     seconds: float = 0.0  # training wall-clock in total (across resumes)
 
 
-def build_discriminator(cfg: GlannConfig, image_size: int, channels: int) -> Discriminator:
+def build_discriminator(cfg: GlannConfig, shape: Sequence[int]) -> Union[Discriminator, MLPDiscriminator]:
+    """The discriminator for samples of `shape`: (C, S, S) images -> DCGAN-style, (D,) vectors -> MLP."""
     g = cfg.gan
+    if len(shape) == 1:
+        return MLPDiscriminator(shape[0], g.d_hidden, g.pack, g.minibatch_std, g.spectral_norm, g.d_batch_norm)
+    image_size, channels = shape[-1], shape[0]
     return Discriminator(image_size, channels, g.ndf, g.pack, g.minibatch_std, g.spectral_norm, g.d_batch_norm)
 
 
@@ -83,7 +87,7 @@ def generator_loss(loss: str, d_fake: torch.Tensor) -> torch.Tensor:
 
 def gradient_penalty(D: Discriminator, real: torch.Tensor, fake: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
     """WGAN-GP: E[(||grad D(x_hat)|| - 1)^2] on random interpolates of real and fake (one norm per decision)."""
-    alpha = torch.rand(real.shape[0], 1, 1, 1, generator=rng).to(real.device)
+    alpha = torch.rand(real.shape[0], *[1] * (real.ndim - 1), generator=rng).to(real.device)
     x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
     (grad,) = torch.autograd.grad(D(x_hat).sum(), x_hat, create_graph=True)
     norms = grad.reshape(real.shape[0] // D.pack, -1).norm(dim=1)
@@ -145,8 +149,8 @@ def train_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GAN
     n, gc = len(data), cfg.gan
     torch.manual_seed(cfg.seed)  # module initialisation is the only user of the global RNG
     rng = torch.Generator().manual_seed(cfg.seed)  # batch order, noise, penalty interpolates
-    G = build_generator(cfg, data.image_size, data.channels).to(device)
-    D = build_discriminator(cfg, data.image_size, data.channels).to(device)
+    G = build_generator(cfg, data.shape).to(device)
+    D = build_discriminator(cfg, data.shape).to(device)
     opt_g = torch.optim.Adam(G.parameters(), lr=gc.lr_generator, betas=(gc.beta1, gc.beta2))
     opt_d = torch.optim.Adam(D.parameters(), lr=gc.lr_discriminator, betas=(gc.beta1, gc.beta2))
     state = {"generator": G, "discriminator": D, "opt_g": opt_g, "opt_d": opt_d}

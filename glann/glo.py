@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -15,7 +15,7 @@ from .config import GlannConfig
 from .data import Dataset
 from .images import save_grid, to_model, to_unit
 from .losses import make_loss
-from .nets import Generator, sphere
+from .nets import Generator, MLPGenerator, sphere
 from .distributed import ShardedState
 from .distributed import current as current_dist
 from .runs import CHECK_EVERY, LossTracker, Run
@@ -28,9 +28,12 @@ class GLOResult:
     images_per_s: list[float] = field(default_factory=list)  # training throughput per epoch trained here
 
 
-def build_generator(cfg: GlannConfig, image_size: int, channels: int) -> Generator:
+def build_generator(cfg: GlannConfig, shape: Sequence[int]) -> Union[Generator, MLPGenerator]:
+    """The generator for samples of `shape`: (C, S, S) images -> Generator, (D,) vectors -> MLPGenerator."""
     m = cfg.model
-    return Generator(m.nz, image_size, channels, m.ngf, m.fc_dim, m.batch_norm)
+    if len(shape) == 1:
+        return MLPGenerator(m.nz, shape[0], m.mlp_hidden, m.batch_norm)
+    return Generator(m.nz, shape[-1], shape[0], m.ngf, m.fc_dim, m.batch_norm)
 
 
 def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLOResult:
@@ -47,7 +50,7 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
     n_local = len(mine)
     torch.manual_seed(cfg.seed)  # module initialisation is the only user of the global RNG
     rng = torch.Generator().manual_seed(cfg.seed)  # code init and batch order
-    G = build_generator(cfg, data.image_size, data.channels).to(device)
+    G = build_generator(cfg, data.shape).to(device)
     # Sparse: each step touches batch_size rows of an N-row table; SparseAdam updates only those.
     codes = nn.Embedding(n_local, cfg.model.nz, sparse=True).to(device)
     with torch.no_grad():  # the same initial codes whatever the world size

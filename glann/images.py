@@ -1,5 +1,6 @@
 """Image conventions, in one place: uint8 at rest, float in [-1, 1] inside networks,
-float in [0, 1] at the API boundary."""
+float in [0, 1] at the API boundary. Vector data (float N x D, the 2-D mixtures) has no fixed
+range: the conversions pass it through unchanged and `save_grid` draws it as a scatter plot."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,11 +11,15 @@ from torchvision.utils import save_image
 
 def to_model(x: torch.Tensor) -> torch.Tensor:
     """uint8 N x C x H x W in [0, 255] -> float32 in [-1, 1]."""
+    if x.ndim == 2:
+        return x.float()
     return x.float().div_(127.5).sub_(1.0)
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
     """Network output in [-1, 1] -> float in [0, 1] (clamped)."""
+    if x.ndim == 2:
+        return x
     return x.add(1.0).mul_(0.5).clamp_(0.0, 1.0)
 
 
@@ -24,10 +29,31 @@ def unit_to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
-    """Write float images in [0, 1] (N x C x H x W) as one PNG grid; returns the path."""
+    """Write float images in [0, 1] (N x C x H x W) as one PNG grid; returns the path.
+    Vectors (N x D) are drawn as a scatter plot of their first two coordinates."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if images.ndim == 2:
+        return save_scatter(images, path)
     n = images.shape[0]
     nrow = nrow or max(1, int(round(n ** 0.5)))
     save_image(images.detach().float().cpu(), path, nrow=nrow, padding=2, pad_value=1.0)
     return path
+
+
+def save_scatter(points: torch.Tensor, path: str | Path) -> Path:
+    """Scatter plot of the first two coordinates of float N x D points, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xy = points.detach().float().cpu().numpy()
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    ax.scatter(xy[:, 0], xy[:, 1] if xy.shape[1] > 1 else 0 * xy[:, 0], s=2, alpha=0.5, linewidths=0)
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_title(f"{len(xy)} samples", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

@@ -31,6 +31,7 @@ class Generator(nn.Module):
         if image_size not in IMAGE_SIZES:
             raise ValueError(f"image_size must be one of {IMAGE_SIZES}, got {image_size}")
         self.nz, self.image_size, self.channels = nz, image_size, channels
+        self.out_shape = (channels, image_size, image_size)
         s0 = image_size // 4 if image_size <= 32 else 4
         n_up = int(math.log2(image_size // s0))
         widths = [ngf * 2 ** (n_up - 1 - i) for i in range(n_up)]  # e.g. [128, 64] at 28 px
@@ -90,13 +91,13 @@ class MinibatchStd(nn.Module):
         self.group_size = group_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
+        b, rest = x.shape[0], x.shape[1:]  # C x H x W for images, F for vectors
         g = min(self.group_size, b)
         while b % g:  # the last batch may not divide into groups of 4
             g -= 1
-        y = x.view(g, -1, c, h, w)
-        y = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (b/g,)
-        y = y.view(1, -1, 1, 1, 1).expand(g, -1, 1, h, w).reshape(b, 1, h, w)
+        y = x.view(g, -1, *rest)
+        y = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().flatten(1).mean(1)  # (b/g,)
+        y = y.view(1, -1, *[1] * len(rest)).expand(g, -1, 1, *rest[1:]).reshape(b, 1, *rest[1:])
         return torch.cat([x, y], dim=1)
 
 
@@ -137,10 +138,8 @@ class Discriminator(nn.Module):
         self.feature_dim = widths[-1] * s_last * s_last
         self.head = nn.Linear((widths[-1] + int(minibatch_std)) * s_last * s_last, 1)
         _init_weights(self)
-        if spectral_norm:  # after init: the parametrisation then normalises the initialised weights
-            for m in list(self.modules()):
-                if isinstance(m, (nn.Conv2d, nn.Linear)):
-                    nn.utils.parametrizations.spectral_norm(m)
+        if spectral_norm:
+            _spectral_norm(self)
 
     def pack_input(self, x: torch.Tensor) -> torch.Tensor:
         """B x C x S x S -> B/pack x (C * pack) x S x S (consecutive samples share a decision)."""
@@ -157,6 +156,83 @@ class Discriminator(nn.Module):
             h = self.mbstd(h)
         logits = self.head(h.flatten(1)).squeeze(1)
         return (logits, feats) if return_features else logits
+
+
+class MLPGenerator(nn.Module):
+    """Latent code (B x nz) -> vector (B x dim): the generator for vector data (2-D mixtures).
+
+    Fully connected ReLU layers with batch norm, as the PacGAN 2-D experiments' generator (four
+    hidden layers of 400); a linear output, since vector data has no fixed range. Inputs are
+    projected to the unit sphere, like the image generator's.
+    """
+
+    def __init__(self, nz: int = 64, dim: int = 2, hidden: Sequence[int] = (400, 400, 400, 400),
+                 batch_norm: bool = True):
+        super().__init__()
+        self.nz, self.dim, self.out_shape = nz, dim, (dim,)
+        self.net = _mlp(nz, dim, hidden, nn.ReLU, batch_norm)
+        _init_weights(self)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(sphere(z))
+
+
+class MLPDiscriminator(nn.Module):
+    """Vector (B x dim) -> one logit per decision (B / pack): the discriminator for vector data.
+
+    LeakyReLU layers (PacGAN's 2-D discriminator used maxout; LeakyReLU keeps it to stock layers).
+    `pack`, `minibatch_std` and `spectral_norm` as for the image Discriminator.
+    """
+
+    def __init__(self, dim: int = 2, hidden: Sequence[int] = (200, 200, 200), pack: int = 1,
+                 minibatch_std: bool = False, spectral_norm: bool = False, batch_norm: bool = False):
+        super().__init__()
+        if pack < 1:
+            raise ValueError(f"pack must be >= 1, got {pack}")
+        if not hidden:
+            raise ValueError("the MLP discriminator needs at least one hidden layer")
+        self.dim, self.pack = dim, pack
+        self.body = _mlp(dim * pack, hidden[-1], hidden[:-1], lambda: nn.LeakyReLU(0.2), batch_norm)
+        self.body.append(nn.LeakyReLU(0.2))
+        self.mbstd = MinibatchStd() if minibatch_std else None
+        self.feature_dim = hidden[-1]
+        self.head = nn.Linear(hidden[-1] + int(minibatch_std), 1)
+        _init_weights(self)
+        if spectral_norm:
+            _spectral_norm(self)
+
+    def pack_input(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        if b % self.pack:
+            raise ValueError(f"batch of {b} does not split into packs of {self.pack}")
+        return x.reshape(b // self.pack, -1)
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        """Logits (B / pack); with return_features also the last hidden features (B / pack x feature_dim)."""
+        h = self.body(self.pack_input(x))
+        feats = h
+        if self.mbstd is not None:
+            h = self.mbstd(h)
+        logits = self.head(h).squeeze(1)
+        return (logits, feats) if return_features else logits
+
+
+def _mlp(d_in: int, d_out: int, hidden: Sequence[int], act, batch_norm: bool) -> nn.Sequential:
+    """Linear -> [BatchNorm] -> act for each hidden width, then a linear output layer."""
+    layers: list[nn.Module] = []
+    d = d_in
+    for h in hidden:
+        layers += [nn.Linear(d, h), nn.BatchNorm1d(h) if batch_norm else nn.Identity(), act()]
+        d = h
+    layers.append(nn.Linear(d, d_out))
+    return nn.Sequential(*layers)
+
+
+def _spectral_norm(module: nn.Module) -> None:
+    """Spectral normalisation on every conv and linear layer (after init: it normalises those weights)."""
+    for m in list(module.modules()):
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.utils.parametrizations.spectral_norm(m)
 
 
 def _init_weights(module: nn.Module) -> None:

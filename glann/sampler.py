@@ -27,7 +27,7 @@ def export_model(run: Run, generator: Generator, mapper: Optional[Mapper]) -> Pa
     tensors = {f"generator.{k}": v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
     if mapper is not None:
         tensors.update({f"mapper.{k}": v.detach().cpu().contiguous() for k, v in mapper.state_dict().items()})
-    meta = {"image_size": str(generator.image_size), "channels": str(generator.channels), "config": to_yaml(run.cfg)}
+    meta = {"shape": ",".join(map(str, generator.out_shape)), "config": to_yaml(run.cfg)}
     path = run.path / MODEL_FILE
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     return path
@@ -65,7 +65,11 @@ class Sampler:
             with safe_open(str(model_file), framework="pt") as f:
                 meta = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
-            G = build_generator(cfg, int(meta["image_size"]), int(meta["channels"]))
+            if "shape" in meta:
+                shape = tuple(int(v) for v in meta["shape"].split(","))
+            else:  # exported before vector data existed
+                shape = (int(meta["channels"]), int(meta["image_size"]), int(meta["image_size"]))
+            G = build_generator(cfg, shape)
             T = build_mapper(cfg) if cfg.method == "glann" else None  # a GAN run samples N(0, I) directly
             G.load_state_dict({k[10:]: v for k, v in tensors.items() if k.startswith("generator.")})
             if T is not None:
@@ -106,13 +110,15 @@ class Sampler:
         return self.decode(z)
 
     def reconstruct(self, images: torch.Tensor, steps: int = 300, lr: float = 0.05,
-                    loss: str = "lap1", seed: int = 0) -> torch.Tensor:
+                    loss: Optional[str] = None, seed: int = 0) -> torch.Tensor:
         """GLO inversion: fit a code per image with the generator frozen.
 
-        images: uint8 in [0, 255] or float in [0, 1], N x C x H x W of the model's size and channels.
+        images: uint8 in [0, 255] or float in [0, 1], N x C x H x W of the model's size and channels
+        (vector data: float N x D). loss: lap1 for images, l2 for vectors when not given.
         Returns codes float N x nz on the unit sphere; `decode` turns them into reconstructions.
         """
         x = self._check_images(images)
+        loss = loss or ("l2" if x.ndim == 2 else "lap1")
         loss_fn = make_loss(loss, x.shape[1]).to(self.device)
         g = torch.Generator().manual_seed(seed)
         z = sphere(torch.randn(x.shape[0], self.generator.nz, generator=g)).to(self.device).requires_grad_(True)
@@ -127,11 +133,12 @@ class Sampler:
 
     def _check_images(self, images: torch.Tensor) -> torch.Tensor:
         """-> float in [-1, 1] on the device, after checking shape against the model."""
-        G = self.generator
-        want = (G.channels, G.image_size, G.image_size)
-        if images.ndim != 4 or tuple(images.shape[1:]) != want:
-            raise DataError(f"images of shape {tuple(images.shape)} do not fit this model, which takes "
-                            f"N x {want[0]} x {want[1]} x {want[2]}")
+        want = tuple(self.generator.out_shape)
+        if images.ndim != len(want) + 1 or tuple(images.shape[1:]) != want:
+            raise DataError(f"inputs of shape {tuple(images.shape)} do not fit this model, which takes "
+                            f"N x {' x '.join(map(str, want))}")
+        if len(want) == 1:  # vector data: no image range
+            return images.float().to(self.device)
         if images.dtype == torch.uint8:
             return to_model(images.to(self.device))
         return images.float().to(self.device) * 2.0 - 1.0

@@ -181,7 +181,7 @@ def main() -> int:
             f"of which k-NN search {res.knn_seconds[0]:.1f} s (reference: about 12 s per epoch)")
 
     # --- sampling
-    G = build_generator(cfg, 28, 1)
+    G = build_generator(cfg, (1, 28, 28))
     T = build_mapper(cfg)
     sampler = Sampler(G, T, cfg, device)
     sampler.sample(256, seed=0)

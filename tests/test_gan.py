@@ -53,7 +53,7 @@ def test_each_stabiliser_trains_with_finite_losses(tiny, switch):
 
 
 def test_pacgan_multiplies_discriminator_input_channels_and_divides_decisions(tiny):
-    D = build_discriminator(tiny("gan.pack=4", "gan.ndf=8"), image_size=32, channels=3)
+    D = build_discriminator(tiny("gan.pack=4", "gan.ndf=8"), (3, 32, 32))
     assert D.body[0].in_channels == 12
     assert D(torch.zeros(8, 3, 32, 32)).shape == (2,)
     with pytest.raises(ValueError, match="packs of 4"):

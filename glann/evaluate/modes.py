@@ -42,3 +42,40 @@ def mode_stats(probs: torch.Tensor, reference: Optional[torch.Tensor] = None,
         "confident_share": float((probs.max(1).values > confident).double().mean()),
         "class_histogram": [round(float(h), 6) for h in hist],
     }
+
+
+def mixture_modes(samples: torch.Tensor, centres: torch.Tensor, std: float, sigmas: float = 3.0) -> dict[str, object]:
+    """Mode statistics of 2-D samples (float N x 2) from a Gaussian mixture with `centres` (K x 2).
+
+    The VEEGAN / PacGAN protocol: a sample is high quality when it lies within `sigmas` standard
+    deviations of its nearest centre; a mode is covered when at least one high-quality sample is
+    nearest to it. mode_kl is KL(generated || uniform) over the modes, each sample counted at its
+    nearest centre (PacGAN's reverse KL): 0 for an even spread, log K when all sit on one mode.
+    """
+    dist, nearest = torch.cdist(samples.float().cpu(), centres.float().cpu()).min(1)
+    good = dist <= sigmas * std
+    k = centres.shape[0]
+    hist = class_histogram(nearest, k)
+    nz = hist > 0
+    return {
+        "modes_covered": int((torch.bincount(nearest[good], minlength=k) > 0).sum()),
+        "num_modes": k,
+        "high_quality_share": float(good.double().mean()),
+        "mode_kl": float((hist[nz] * (hist[nz] * k).log()).sum()),
+    }
+
+
+def stacked_modes(channel_probs: list[torch.Tensor]) -> dict[str, object]:
+    """Mode statistics of stacked samples: channel_probs holds, per channel, the classifier's
+    probabilities (float N x K) for that channel; a sample's mode is the tuple of its channels'
+    classes (K^3 modes for three channels). A mode is covered when at least one sample falls in
+    it; mode_kl is KL(generated || uniform) over the modes (the data's are uniform by construction).
+    """
+    k = channel_probs[0].shape[1]
+    mode = torch.zeros(channel_probs[0].shape[0], dtype=torch.long)
+    for probs in channel_probs:
+        mode = mode * k + probs.argmax(1).cpu()
+    stats = mode_stats(torch.nn.functional.one_hot(mode, k ** len(channel_probs)).float())
+    confident = torch.stack([p.max(1).values.cpu() for p in channel_probs]).min(0).values > CONFIDENT
+    return {"modes_covered": stats["classes_covered"], "num_modes": stats["num_classes"],
+            "mode_kl": stats["mode_kl"], "confident_share": float(confident.double().mean())}

@@ -12,15 +12,15 @@ from typing import Any, Optional, Union
 
 import torch
 
-from ..config import DataConfig
-from ..data import Dataset, load_dataset
+from ..config import MIXTURES, DataConfig
+from ..data import Dataset, load_dataset, mixture_spec
 from ..devices import resolve_device
 from ..errors import DataError
 from ..runs import atomic_write
 from .classifier import DomainClassifier, TrainedClassifier, domain_classifier
 from .features import FEATURE_NETS, DomainFeatures, InceptionFeatures, as_uint8, extract_features
 from .metrics import frechet_distance, kernel_distance, memorisation, prdc
-from .modes import class_histogram, mode_stats
+from .modes import class_histogram, mixture_modes, mode_stats, stacked_modes
 
 EVAL_FILE = "eval.json"
 # Sources whose test split is held-out data; others (folder, array, shapes) have no separate split.
@@ -181,6 +181,11 @@ def evaluate_run(run_dir: Union[str, Path], features: str = "domain", num_sample
 
     run_dir = Path(run_dir)
     sampler = Sampler.from_pretrained(run_dir, device=device)
+    if sampler.cfg.data.source in MIXTURES or sampler.cfg.data.stack == 3:
+        result = evaluate_modes(sampler, num_samples, seed)  # the mode-collapse benchmarks count modes
+        result["protocol"].update(run=str(run_dir), dataset=sampler.cfg.data.source)
+        write_eval(run_dir / EVAL_FILE, result)
+        return result
     ref, train, test = reference_data(sampler.cfg.data, against)
     reference = Dataset(_subset(ref.images, num_samples, seed + 1),
                         _subset(ref.labels, num_samples, seed + 1) if ref.labels is not None else None, ref.name)
@@ -192,6 +197,32 @@ def evaluate_run(run_dir: Union[str, Path], features: str = "domain", num_sample
     result["protocol"].update(run=str(run_dir), dataset=sampler.cfg.data.source, against=against)
     write_eval(run_dir / EVAL_FILE, result)
     return result
+
+
+def evaluate_modes(sampler: Any, num_samples: int = 2500, seed: int = 0) -> dict[str, Any]:
+    """The mode-collapse benchmarks' protocol for a sampler trained on a 2-D mixture or on stacked
+    data (data.stack=3): modes covered, reverse KL and (mixtures) the high-quality share; stacked
+    samples are classified channel by channel with the base dataset's domain classifier."""
+    t0 = time.perf_counter()
+    data = sampler.cfg.data
+    samples = sampler.sample(num_samples, seed=seed).cpu()
+    if data.source in MIXTURES:
+        centres, std = mixture_spec(data.source)
+        metrics, net = mixture_modes(samples, centres, std), f"nearest of {len(centres)} centres, 3 std"
+    else:
+        base = replace(data, stack=1, limit=None)
+        train = load_dataset(replace(base, split="train"))
+        test = load_dataset(replace(base, split="test")) if data.source in HELD_OUT_SOURCES else None
+        trained = domain_classifier(train, test, device=sampler.device)
+        gen = as_uint8(samples)
+        metrics = stacked_modes([trained.model.predict_proba(gen[:, c:c + 1]) for c in range(gen.shape[1])])
+        if trained.test_accuracy is not None:
+            metrics["classifier_accuracy"] = trained.test_accuracy
+        net = f"domain classifier per channel {trained.path or '(not cached)'}"
+    protocol = {"features": "mixture" if data.source in MIXTURES else "stacked", "feature_net": net,
+                "feature_dim": 0, "num_generated": int(samples.shape[0]), "num_reference": 0, "seed": seed,
+                "seconds": round(time.perf_counter() - t0, 1), "versions": _versions()}
+    return {"metrics": metrics, "protocol": protocol}
 
 
 def write_eval(path: Union[str, Path], result: dict[str, Any]) -> Path:
@@ -214,7 +245,8 @@ _LABELS = [("fd", "FD"), ("kd_mean", "KD (x1e3)"), ("precision", "precision"), (
            ("mode_kl", "KL(gen || data)"), ("confident_share", "confident share"),
            ("memorisation_ratio", "memorisation ratio"), ("nn_train_distance_generated", "NN-train dist (gen)"),
            ("nn_train_distance_test", "NN-train dist (test)"), ("recon_l1", "recon L1"),
-           ("recon_psnr", "recon PSNR (dB)"), ("classifier_accuracy", "classifier test acc")]
+           ("recon_psnr", "recon PSNR (dB)"), ("classifier_accuracy", "classifier test acc"),
+           ("modes_covered", "modes covered"), ("high_quality_share", "high-quality share")]
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -231,10 +263,15 @@ def format_table(result: dict[str, Any]) -> str:
             v = f"{1e3 * v:.3f} +- {1e3 * m['kd_std']:.3f}" + (" (KID)" if p["features"] == "inception" else "")
         elif key == "classes_covered":
             v = f"{v} / {m['num_classes']}"
+        elif key == "modes_covered":
+            v = f"{v} / {m['num_modes']}"
         rows.append((label, v if isinstance(v, str) else f"{v:.4f}" if isinstance(v, float) else str(v)))
     width = max(len(r[0]) for r in rows)
-    head = (f"features: {p['features']} ({p['feature_dim']}-d)  generated: {p['num_generated']}  "
-            f"reference: {p['num_reference']}  seed: {p['seed']}")
+    if p["features"] in ("mixture", "stacked"):
+        head = f"modes ({p['feature_net']})  generated: {p['num_generated']}  seed: {p['seed']}"
+    else:
+        head = (f"features: {p['features']} ({p['feature_dim']}-d)  generated: {p['num_generated']}  "
+                f"reference: {p['num_reference']}  seed: {p['seed']}")
     return "\n".join([head] + [f"  {label:<{width}}  {value}" for label, value in rows])
 
 
