@@ -125,6 +125,18 @@ class EvalConfig:
 
 
 @dataclass
+class PerfConfig:
+    """Speed switches for the GLO stage (GLANN's main cost); scripts/bench.py --perf times each both ways.
+    All off by default: on the 2-core CPU none of them paid (benchmarks/perf_cpu.md); on a GPU,
+    measure (scripts/gpu_check.sh runs the same table)."""
+
+    amp: str = "none"  # none | bf16: autocast generator and loss to bfloat16 (weights, codes, Adam stay fp32)
+    channels_last: bool = False  # NHWC memory format for the image generator's convolutions
+    fused_adam: bool = False  # torch's fused Adam kernel for the generator (CPU and CUDA)
+    compile: bool = False  # torch.compile the generator's training forward (the first epoch pays for compiling)
+
+
+@dataclass
 class GlannConfig:
     name: str = "fashion_mnist"
     out_dir: str = "runs"
@@ -143,6 +155,7 @@ class GlannConfig:
     method: str = "glann"  # glann | gan (the adversarial baseline, configured by `gan`)
     gan: GANConfig = field(default_factory=GANConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
 
 
 def _fail(exc: OmegaConfBaseException, where: str) -> ConfigError:
@@ -199,6 +212,7 @@ def validate(cfg: GlannConfig) -> None:
          f"data.image_size must be one of {IMAGE_SIZES}, got {cfg.data.image_size}"),
         (cfg.data.channels in (None, 1, 3), f"data.channels must be 1 or 3, got {cfg.data.channels}"),
         (cfg.glo.loss in LOSSES, f"glo.loss must be one of {LOSSES}, got '{cfg.glo.loss}'"),
+        (cfg.perf.amp in ("none", "bf16"), f"perf.amp must be none or bf16, got '{cfg.perf.amp}'"),
         (cfg.data.stack in (1, 3), f"data.stack must be 1 or 3, got {cfg.data.stack}"),
         (cfg.data.stack == 1 or cfg.data.channels in (None, 3), "data.stack=3 makes 3-channel images; drop data.channels"),
         (cfg.data.source not in MIXTURES or cfg.glo.loss in ("l1", "l2"),

@@ -51,6 +51,9 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
     torch.manual_seed(cfg.seed)  # module initialisation is the only user of the global RNG
     rng = torch.Generator().manual_seed(cfg.seed)  # code init and batch order
     G = build_generator(cfg, data.shape).to(device)
+    pc = cfg.perf
+    if pc.channels_last and not data.is_vector:
+        G = G.to(memory_format=torch.channels_last)
     # Sparse: each step touches batch_size rows of an N-row table; SparseAdam updates only those.
     codes = nn.Embedding(n_local, cfg.model.nz, sparse=True).to(device)
     with torch.no_grad():  # the same initial codes whatever the world size
@@ -58,8 +61,10 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
     if d.active:
         rng.manual_seed(cfg.seed + 7919 * d.rank)  # each rank its own batch order
     G_train = DDP(G) if d.active else G  # all-reduces G's gradients; codes stay local
+    if pc.compile:  # G's own module stays uncompiled: checkpoints and exports keep their keys
+        G_train = torch.compile(G_train)
     betas = (gc.beta1, gc.beta2)
-    opt_g = torch.optim.Adam(G.parameters(), lr=gc.lr_generator, betas=betas)
+    opt_g = torch.optim.Adam(G.parameters(), lr=gc.lr_generator, betas=betas, fused=pc.fused_adam or None)
     opt_z = torch.optim.SparseAdam(codes.parameters(), lr=gc.lr_codes, betas=betas)
     sched_g = torch.optim.lr_scheduler.StepLR(opt_g, gc.decay_every, gc.decay_rate)
     sched_z = torch.optim.lr_scheduler.StepLR(opt_z, gc.decay_every, gc.decay_rate)
@@ -84,7 +89,8 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
         for step in bar:
             idx = perm[step * batch:(step + 1) * batch]
             real = to_model(images[idx])
-            loss = loss_fn(G_train(codes(idx)), real).mean()
+            with torch.autocast(device.type, torch.bfloat16, enabled=pc.amp == "bf16"):
+                loss = loss_fn(G_train(codes(idx)), real).float().mean()
             if not tracker.add(loss, step):
                 continue
             opt_g.zero_grad(set_to_none=True)

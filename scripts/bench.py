@@ -107,9 +107,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def glo_throughput(cfg, data, loss: str, reference_loss: bool = False) -> float:
-    """Images/s of the real GLO training loop, second epoch (the first warms up)."""
-    cfg.glo.loss, cfg.glo.loss_random_weights, cfg.glo.epochs = loss, True, 2
+def glo_throughput(cfg, data, loss: str, reference_loss: bool = False, epochs: int = 2) -> float:
+    """Images/s of the real GLO training loop, last epoch (the first warms up)."""
+    cfg.glo.loss, cfg.glo.loss_random_weights, cfg.glo.epochs = loss, True, epochs
     if reference_loss:
         with mock.patch("glann.glo.make_loss", lambda *a, **k: ReferenceVGGDistance()):
             return train_glo(data, cfg).images_per_s[-1]
@@ -122,6 +122,8 @@ def main() -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--n-codes", type=int, default=60000)
     p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    p.add_argument("--perf", action="store_true",
+                   help="only the perf.* switches: GLO images/s with each one on vs all off, in the same run")
     args = p.parse_args()
     device = torch.device(args.device)
     rows: list[tuple[str, str, str]] = []
@@ -143,6 +145,10 @@ def main() -> int:
 
     # --- GLO
     sub = lambda n: type(data)(data.images[:n], None, data.name)  # noqa: E731
+    if args.perf:
+        perf_rows(args, cfg, sub(128 * steps * 3), row)
+        return write_table(args, rows, device, "")
+
     lap = glo_throughput(cfg, sub(128 * steps * 3), "lap1")
     row("GLO lap1, images/s", f"{lap:.0f}", f"{data_note}, batch 128, nz 64, 6.6 M-param generator")
     vgg = glo_throughput(cfg, sub(128 * steps), "vgg")
@@ -192,14 +198,44 @@ def main() -> int:
     _sync(device)
     row("sampling, images/s", f"{m / (time.perf_counter() - t):.0f}", f"{m} images, batches of 1024")
 
+    return write_table(args, rows, device, "\n".join(
+        ["", "What limits each figure (GLO lap1 from a torch.profiler run of the same loop on this machine; "
+         "the rest from the timings above and the shape of the computation):"] + [f"- {x}" for x in LIMITS]))
+
+
+PERF_SWITCHES = [("perf.amp=bf16", "bf16 autocast"), ("perf.channels_last=true", "channels_last"),
+                 ("perf.fused_adam=true", "fused Adam"), ("perf.compile=true", "torch.compile"),
+                 ("perf.amp=bf16 perf.channels_last=true perf.fused_adam=true", "bf16 + channels_last + fused")]
+
+
+def perf_rows(args, cfg, data, row) -> None:
+    """GLO lap1 images/s with each perf switch against all off; the baseline is timed before and
+    after the switches (their mean is the denominator, their spread the noise)."""
+    def measure(overrides: str) -> float:
+        c = load_config(ROOT / "configs" / "fashion_mnist.yaml", [f"device={args.device}", *overrides.split()])
+        return glo_throughput(c, data, "lap1", epochs=3 if "compile" in overrides else 2)
+
+    first = measure("")
+    results = [(label, o, measure(o)) for o, label in PERF_SWITCHES]
+    last = measure("")
+    base = (first + last) / 2
+    row("GLO lap1, all perf switches off, images/s", f"{base:.0f}",
+        f"before / after the others: {first:.0f} / {last:.0f} (the noise between runs)")
+    for label, overrides, value in results:
+        note = "last of 3 epochs (compiling is in the first)" if "compile" in overrides else ""
+        row(f"GLO lap1, {label} (`{overrides}`), images/s", f"{value:.0f}", f"{value / base:.2f}x of all off. {note}")
+
+
+def write_table(args, rows, device, footer: str) -> int:
+    flags = (" --quick" if args.quick else "") + (" --perf" if args.perf else "") + \
+        (f" --device {args.device}" if args.device != "cpu" else "")
     lines = [f"# glann benchmark ({date.today().isoformat()})", "",
              f"Machine: {machine()}", "",
-             "Command: `python scripts/bench.py" + (" --quick" if args.quick else "") + "`", "",
+             "Command: `python scripts/bench.py" + flags + "`", "",
              "| measurement | value | notes |", "| --- | ---: | --- |"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
-    if device.type == "cpu":
-        lines += ["", "What limits each figure (GLO lap1 from a torch.profiler run of the same loop on this machine; the rest from the timings above and the shape of the computation):"]
-        lines += [f"- {limit}" for limit in LIMITS]
+    if device.type == "cpu" and footer:
+        lines.append(footer)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

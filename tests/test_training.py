@@ -15,6 +15,29 @@ def test_glo_reconstruction_loss_falls(tiny):
     assert result.losses[-1] < 0.6 * result.losses[0]
 
 
+@pytest.mark.parametrize("switches", [("perf.amp=bf16",), ("perf.channels_last=true", "perf.fused_adam=true")])
+def test_glo_perf_switches_train_like_fp32(tiny, switches):
+    cfg = tiny("glo.epochs=4")
+    data = load_dataset(cfg.data, seed=cfg.seed)
+    base, fast = train_glo(data, cfg), train_glo(data, tiny("glo.epochs=4", *switches))
+    assert fast.losses[-1] < 0.8 * fast.losses[0]
+    # Same initialisation and batches: the first epoch's loss differs only by rounding.
+    tol = 0.05 if "bf16" in switches[0] else 1e-3
+    assert abs(fast.losses[0] - base.losses[0]) < tol * base.losses[0]
+    assert fast.codes.dtype == torch.float32 and next(fast.generator.parameters()).dtype == torch.float32
+
+
+@pytest.mark.slow
+def test_glo_compiled_generator_matches_eager(tiny):
+    pytest.importorskip("torch._inductor")
+    cfg = tiny("glo.epochs=1", "data.limit=64", "model.ngf=8", "model.fc_dim=32")
+    data = load_dataset(cfg.data, seed=cfg.seed)
+    eager, compiled = train_glo(data, cfg), train_glo(data, tiny("glo.epochs=1", "data.limit=64", "model.ngf=8",
+                                                                    "model.fc_dim=32", "perf.compile=true"))
+    assert abs(compiled.losses[0] - eager.losses[0]) < 1e-3 * eager.losses[0]
+    assert set(compiled.generator.state_dict()) == set(eager.generator.state_dict())  # no _orig_mod. keys
+
+
 def test_glo_codes_stay_on_the_unit_sphere(tiny):
     cfg = tiny("glo.epochs=2", "glo.lr_codes=0.5")
     codes = train_glo(load_dataset(cfg.data, seed=cfg.seed), cfg).codes
