@@ -18,7 +18,7 @@ from .losses import make_loss
 from .nets import Generator, MLPGenerator, sphere
 from .distributed import ShardedState
 from .distributed import current as current_dist
-from .runs import CHECK_EVERY, LossTracker, Run
+from .runs import CHECK_EVERY, Budget, LossTracker, Run
 
 @dataclass
 class GLOResult:
@@ -72,7 +72,8 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
 
     state = {"generator": G, "codes": ShardedState(codes, d, n, n_local), "opt_g": opt_g,
              "opt_z": ShardedState(opt_z, d, n, n_local), "sched_g": sched_g, "sched_z": sched_z}
-    start = run.load_stage("glo", state, rng, device)[0] if run else 0
+    start, extra = run.load_stage("glo", state, rng, device) if run else (0, {})
+    budget = Budget(gc.max_seconds, extra)
     batch = max(1, min(gc.batch_size, n) // d.world)  # per rank; the global batch stays glo.batch_size
     steps = (n // d.world) // batch  # equal on every rank; the last partial batch is dropped, as the reference does
     losses: list[float] = []
@@ -81,12 +82,17 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
 
     epochs = tqdm(range(start, gc.epochs), desc="GLO", unit="epoch", initial=start, total=gc.epochs)
     for epoch in epochs:
+        if budget.exhausted(in_epoch=False):
+            break
         G.train()
+        budget.start_epoch()
         t0 = time.perf_counter()
+        done = 0
         perm = torch.randperm(n_local, generator=rng).to(device)
         tracker = LossTracker("GLO", epoch, run, device, cfg.skip_nonfinite)
         bar = tqdm(range(steps), desc=f"GLO epoch {epoch}", unit="batch", leave=False)
         for step in bar:
+            done = step + 1
             idx = perm[step * batch:(step + 1) * batch]
             real = to_model(images[idx])
             with torch.autocast(device.type, torch.bfloat16, enabled=pc.amp == "bf16"):
@@ -102,20 +108,24 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
                 codes.weight[idx] = sphere(codes.weight[idx])
             if (step + 1) % CHECK_EVERY == 0:
                 bar.set_postfix(loss=f"{tracker.flush():.4f}")  # one host sync every CHECK_EVERY steps
+                if budget.exhausted():
+                    break  # the budget ends mid-epoch: close this epoch and stop
+        budget.end_epoch()
         sched_g.step()
         sched_z.step()
         mean = d.sum(tracker.flush()) / d.world
         losses.append(mean)
         seconds = time.perf_counter() - t0
-        throughput.append(steps * batch * d.world / seconds)
+        throughput.append(done * batch * d.world / seconds)
         epochs.set_postfix(loss=f"{mean:.4f}")
         if run:
             run.log("glo", epoch, loss=mean, skipped_batches=tracker.skipped, lr_codes=opt_z.param_groups[0]["lr"],
                     lr_generator=opt_g.param_groups[0]["lr"], images_per_s=throughput[-1])
-            if run.is_main and ((epoch + 1) % cfg.sample_every == 0 or epoch + 1 == gc.epochs):
+            if run.is_main and ((epoch + 1) % cfg.sample_every == 0 or epoch + 1 == gc.epochs
+                                or budget.limit is not None and budget.spent >= budget.limit):
                 _save_glo_grids(G, codes.weight.detach(), images, grid_idx, cfg.seed, run, epoch)
-            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == gc.epochs:
-                run.save_stage("glo", epoch, state, rng)
+            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == gc.epochs or budget.exhausted(in_epoch=False):
+                run.save_stage("glo", epoch, state, rng, extra=budget.state())
     G.eval()
     return GLOResult(G, codes.weight.detach(), losses, throughput)
 

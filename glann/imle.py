@@ -17,7 +17,7 @@ from .images import save_grid, to_unit
 from .knn import nearest
 from .nets import Generator, Mapper
 from .distributed import current as current_dist
-from .runs import CHECK_EVERY, LossTracker, Run
+from .runs import CHECK_EVERY, Budget, LossTracker, Run
 
 SAMPLE_BATCH = 16384  # mapped samples per no-grad forward when drawing the candidate pool
 
@@ -71,6 +71,7 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
     state = {"mapper": T, "opt": opt, "sched": sched}
     start, extra = run.load_stage("imle", state, rng, device) if run else (0, {})
     noise, match = extra.get("noise"), extra.get("match")  # the pool in use when the checkpoint was taken
+    budget = Budget(ic.max_seconds, extra)
     if match is not None and d.active:
         match = match[d.shard(n, device)]  # checkpoints hold every code's match in global order
 
@@ -86,7 +87,10 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
 
     epochs = tqdm(range(start, ic.epochs), desc="IMLE", unit="epoch", initial=start, total=ic.epochs)
     for epoch in epochs:
+        if budget.exhausted(in_epoch=False):
+            break
         T.train()
+        budget.start_epoch()
         t0 = time.perf_counter()
         metrics = {}
         if epoch % ic.refresh_every == 0 or match is None:
@@ -112,6 +116,9 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
             opt.step()
             if (step + 1) % CHECK_EVERY == 0:
                 bar.set_postfix(loss=f"{tracker.flush():.5f}")
+                if budget.exhausted():
+                    break  # the budget ends mid-epoch: close this epoch and stop
+        budget.end_epoch()
         sched.step()
         mean = d.sum(tracker.flush()) / d.world
         epoch_seconds.append(time.perf_counter() - t0)
@@ -124,11 +131,13 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
         if run:
             run.log("imle", epoch, loss=mean, skipped_batches=tracker.skipped, lr=opt.param_groups[0]["lr"],
                     epoch_seconds=epoch_seconds[-1], **metrics)
-            if run.is_main and generator is not None and ((epoch + 1) % cfg.sample_every == 0 or epoch + 1 == ic.epochs):
+            last = epoch + 1 == ic.epochs or budget.limit is not None and budget.spent >= budget.limit
+            if run.is_main and generator is not None and ((epoch + 1) % cfg.sample_every == 0 or last):
                 T.eval()
                 with torch.no_grad():
                     save_grid(to_unit(generator.eval()(T(grid_noise))), run.sample_path(f"imle_samples_epoch{epoch:04d}"))
-            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == ic.epochs:
-                run.save_stage("imle", epoch, state, rng, extra={"noise": noise, "match": d.gather_rows(match, n)})
+            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == ic.epochs or budget.exhausted(in_epoch=False):
+                run.save_stage("imle", epoch, state, rng,
+                               extra={"noise": noise, "match": d.gather_rows(match, n), **budget.state()})
     T.eval()
     return IMLEResult(T, nn_distances, epoch_seconds, knn_seconds)

@@ -82,6 +82,35 @@ def check_finite(value: float, stage: str, epoch: int, step: int, run: Optional[
 
 
 
+class Budget:
+    """A stage's training wall-clock, carried across resumes, against an optional limit in seconds.
+
+    `exhausted()` is agreed by every rank under torchrun (one all-reduce, so call it every
+    CHECK_EVERY steps, not every step); without a limit it costs nothing.
+    """
+
+    def __init__(self, limit: Optional[float], extra: dict[str, torch.Tensor]):
+        self.limit = limit
+        self.spent = float(extra["seconds"]) if "seconds" in extra else 0.0
+        self._t0 = time.perf_counter()
+
+    def start_epoch(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def end_epoch(self) -> None:
+        self.spent += time.perf_counter() - self._t0
+        self._t0 = time.perf_counter()
+
+    def exhausted(self, in_epoch: bool = True) -> bool:
+        if self.limit is None:
+            return False
+        now = self.spent + (time.perf_counter() - self._t0 if in_epoch else 0.0)
+        return current_dist().sum(float(now >= self.limit)) > 0
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"seconds": torch.tensor(self.spent, dtype=torch.float64)}
+
+
 class LossTracker:
     """Running mean of a stage's loss for one epoch, and the first non-finite step.
 

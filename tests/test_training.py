@@ -93,3 +93,22 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny, monkeypa
     kept = torch.load(run.checkpoint_path("glo"), weights_only=True)
     assert kept["epoch"] == good["epoch"] == 1
     assert all(torch.equal(kept["generator"][k], good["generator"][k]) for k in good["generator"])
+
+
+def test_time_budget_stops_glo_and_imle_and_holds_across_resume(tiny):
+    import time
+
+    from glann import train
+
+    cfg = tiny("glo.epochs=100000", "imle.epochs=100000", "glo.max_seconds=1.5", "imle.max_seconds=1.0",
+               "sample_every=100000", "checkpoint_every=100000", "data.limit=64")
+    t0 = time.perf_counter()
+    run_dir = train(cfg)
+    assert time.perf_counter() - t0 < 30  # would be hours without the budget
+    glo = [r for r in Run(run_dir, cfg).read_metrics() if r["stage"] == "glo"]
+    assert 1 <= len(glo) < 100000
+    state = torch.load(run_dir / "checkpoints" / "glo.pt", weights_only=True)
+    assert 1.5 <= float(state["extra"]["seconds"]) < 10
+    # Resumed, the spent budget is remembered: no further epochs.
+    train(cfg, resume=True, run_dir=run_dir)
+    assert len([r for r in Run(run_dir, cfg).read_metrics() if r["stage"] == "glo"]) == len(glo)
