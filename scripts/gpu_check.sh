@@ -17,6 +17,8 @@ for m in omegaconf safetensors tqdm tensorboard lpips pytest faiss; do
 done
 python -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_knn.py 2>&1 | tail -15
 python scripts/bench.py --device cuda --out "$OUT/bench_gpu.md" 2>/dev/null | tail -30
+# The perf.* switches (bf16, channels_last, fused Adam, torch.compile) each against all off, same run.
+timeout 240 python scripts/bench.py --device cuda --perf --out "$OUT/perf_gpu.md" 2>/dev/null | tail -12
 # End to end on Fashion-MNIST (60k): 10 GLO + 5 IMLE epochs, per-epoch times from metrics.jsonl.
 SECONDS=0
 timeout 200 python -m glann train configs/fashion_mnist.yaml glo.epochs=10 imle.epochs=5 device=cuda out_dir=$OUT/runs \

@@ -172,3 +172,19 @@ def test_inception_weights_missing_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("GLANN_INCEPTION", str(tmp_path / "nope.pt"))
     with pytest.raises(WeightsError, match="Inception"):
         find_inception_weights()
+
+
+def test_fashion_mnist_classifier_ships_with_the_package():
+    """A fresh machine (empty cache) loads the packaged classifier instead of training one."""
+    from glann.config import DataConfig
+    from glann.data import load_dataset
+    from glann.evaluate.classifier import SHIPPED_DIR, accuracy
+
+    try:
+        train = load_dataset(DataConfig(download=False))
+        test = load_dataset(DataConfig(split="test", download=False))
+    except DataError:
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    clf = domain_classifier(train, None)
+    assert clf.path.parent == SHIPPED_DIR and clf.test_accuracy >= 0.9
+    assert accuracy(clf.model, test.images[:2000], test.labels[:2000]) >= 0.88
