@@ -31,22 +31,21 @@ def _sample(args: argparse.Namespace) -> int:
     from .sampler import Sampler
 
     sampler = Sampler.from_pretrained(args.run, device=args.device)
+    vector = len(sampler.generator.out_shape) == 1  # 2-D mixtures: points, not images
+    if vector and args.out_dir and args.format != "npz":
+        raise SystemExit("glann sample: this run makes 2-D points, not images; use --format npz, "
+                         "or -o FILE.png for a scatter plot")
     images = sampler.sample(args.num, seed=args.seed)
-    if images.ndim == 2:  # vector data (2-D mixtures): points, not images
-        if args.format != "npz" and args.out_dir:
-            raise SystemExit("glann sample: this run makes 2-D points, not images; use --format npz or a PNG scatter")
-        if args.format == "npz":
-            out = Path(args.output or "samples.npz")
-            out.parent.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(out, points=images.cpu().numpy())
-            print(f"wrote {len(images)} points to {out} (float N x {images.shape[1]} under key 'points')")
-            return 0
     if args.format == "npz":
         out = Path(args.output or "samples.npz")
         out.parent.mkdir(parents=True, exist_ok=True)
-        arr = unit_to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()  # N x H x W x C uint8
-        np.savez_compressed(out, images=arr)
-        print(f"wrote {len(arr)} samples to {out} (uint8 N x H x W x C under key 'images')")
+        if vector:
+            np.savez_compressed(out, points=images.cpu().numpy())
+            print(f"wrote {len(images)} points to {out} (float N x {images.shape[1]} under key 'points')")
+        else:
+            arr = unit_to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()  # N x H x W x C uint8
+            np.savez_compressed(out, images=arr)
+            print(f"wrote {len(arr)} samples to {out} (uint8 N x H x W x C under key 'images')")
     elif args.out_dir:
         from torchvision.utils import save_image
 

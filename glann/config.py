@@ -31,7 +31,8 @@ class DataConfig:
     # Directory (idx/cifar/folder sources) or file (array source). None: search the usual places.
     path: Optional[str] = None
     split: str = "train"
-    # Keep the first `limit` images (None: all; mixtures: the number of points, None: 10,000).
+    # Keep the first `limit` images (None: all; mixtures: the number of points, None: 10,000;
+    # stack=3: the number of stacks drawn from the whole split, None: as many as the split holds).
     limit: Optional[int] = None
     # Folder/array sources are resized and centre-cropped to this; None keeps the native size.
     image_size: Optional[int] = None
@@ -217,6 +218,11 @@ def validate(cfg: GlannConfig) -> None:
         (cfg.perf.amp in ("none", "bf16"), f"perf.amp must be none or bf16, got '{cfg.perf.amp}'"),
         (cfg.data.stack in (1, 3), f"data.stack must be 1 or 3, got {cfg.data.stack}"),
         (cfg.data.stack == 1 or cfg.data.channels in (None, 3), "data.stack=3 makes 3-channel images; drop data.channels"),
+        (cfg.data.stack == 1 or cfg.data.source != "cifar10",
+         "data.stack=3 stacks grey images and cifar10 is colour; use fashion_mnist or mnist"),
+        (cfg.data.stack == 1 or not cfg.eval.every,
+         "eval.every > 0 logs the domain FD of single images; stacked runs are scored by `glann evaluate` "
+         "(modes per channel): set eval.every=0"),
         (cfg.data.source not in MIXTURES or cfg.glo.loss in ("l1", "l2"),
          f"data.source={cfg.data.source} is 2-D vector data: set glo.loss=l2 (or l1); '{cfg.glo.loss}' is an image loss"),
         (cfg.data.source not in MIXTURES or cfg.data.stack == 1, "data.stack=3 stacks images, not 2-D points"),

@@ -361,8 +361,8 @@ def stack_channels(images: torch.Tensor, labels: Optional[torch.Tensor], n: int,
     if labels is None:
         raise DataError(f"data.stack=3 needs class labels to count modes, and '{where}' has none")
     if images.shape[1] != 1:
-        raise DataError(f"data.stack=3 stacks grey images; '{where}' has {images.shape[1]} channels "
-                        f"(set data.channels=1 first)")
+        raise DataError(f"data.stack=3 stacks grey images and '{where}' has {images.shape[1]} channels; "
+                        f"use a grey source such as fashion_mnist or mnist")
     k = int(labels.max()) + 1
     idx = torch.randint(0, len(images), (n, 3), generator=torch.Generator().manual_seed(seed))
     stacked = images[idx.flatten(), 0].view(n, 3, *images.shape[-2:])

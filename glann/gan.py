@@ -10,7 +10,6 @@ learning rates. Every epoch it logs what diagnoses GAN failure and flags what it
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
@@ -23,7 +22,7 @@ from .data import Dataset
 from .glo import build_generator
 from .images import save_grid, to_model, to_unit
 from .nets import Discriminator, Generator, MLPDiscriminator
-from .runs import CHECK_EVERY, Run, check_finite
+from .runs import CHECK_EVERY, Budget, Run, check_finite
 
 # Diagnostic thresholds (heuristics, documented so a reader can argue with them).
 VANISH_ACC = 0.99  # D right about (nearly) every real and every fake decision ...
@@ -139,7 +138,7 @@ def diagnose(history: list[dict[str, float]]) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------- training
 def train_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GANResult:
-    """Train GLANN's generator adversarially on `data` (uint8 images on the training device).
+    """Train GLANN's generator adversarially on `data` (uint8 images, or float points, on the training device).
 
     Noise is N(0, I) of size model.nz (the generator projects it to the unit sphere). Stops after
     gan.epochs, or earlier at the gan.max_steps / gan.max_seconds budget. Resumes from run's GAN
@@ -156,7 +155,7 @@ def train_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GAN
     state = {"generator": G, "discriminator": D, "opt_g": opt_g, "opt_d": opt_d}
     start, extra = run.load_stage("gan", state, rng, device) if run else (0, {})
     g_steps = int(extra["g_steps"]) if "g_steps" in extra else 0
-    seconds = float(extra["seconds"]) if "seconds" in extra else 0.0
+    budget = Budget(gc.max_seconds, extra)
     history = [{k: float(r[k]) for k in ("d_acc_real", "d_acc_fake", "g_grad_norm", "diversity_ratio")}
                for r in (run.read_metrics() if run else []) if r.get("stage") == "gan" and r["step"] < start]
 
@@ -170,8 +169,7 @@ def train_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GAN
     flags: list[str] = []
 
     def out_of_budget() -> bool:
-        return ((gc.max_steps is not None and g_steps >= gc.max_steps)
-                or (gc.max_seconds is not None and seconds >= gc.max_seconds))
+        return (gc.max_steps is not None and g_steps >= gc.max_steps) or budget.exhausted(in_epoch=False)
 
     epochs = tqdm(range(start, gc.epochs), desc="GAN", unit="epoch", initial=start, total=gc.epochs)
     for epoch in epochs:
@@ -179,7 +177,7 @@ def train_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GAN
             break
         G.train()
         D.train()
-        t0 = time.perf_counter()
+        budget.start_epoch()
         perm = torch.randperm(n, generator=rng).to(device)
         # Running sums: d_loss, g_loss, D right on real, D right on fake, G grad norm; D steps; G steps.
         sums = torch.zeros(5, device=device)
@@ -229,10 +227,9 @@ def train_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GAN
                 s = sums.tolist()  # one host sync every CHECK_EVERY steps
                 check_finite(s[0] / n_d + (s[1] / n_g if n_g else 0.0), "GAN", epoch, step, run)
                 bar.set_postfix(d=f"{s[0] / n_d:.3f}", g=f"{s[1] / max(n_g, 1):.3f}")
-            if (gc.max_steps is not None and g_steps >= gc.max_steps) or (
-                    gc.max_seconds is not None and seconds + time.perf_counter() - t0 >= gc.max_seconds):
+            if (gc.max_steps is not None and g_steps >= gc.max_steps) or budget.exhausted():
                 break  # the budget ends mid-epoch: close this epoch and stop
-        seconds += time.perf_counter() - t0
+        budget.end_epoch()
 
         # -- diagnostics, on fixed noise so that epochs compare
         s = sums.tolist()
@@ -249,14 +246,13 @@ def train_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GAN
         epochs.set_postfix(d=f"{record['d_loss']:.3f}", g=f"{record['g_loss']:.3f}",
                            flags=",".join(seen) or "-")
         if run:
-            run.log("gan", epoch, **record, g_steps=g_steps, seconds=seconds,
+            run.log("gan", epoch, **record, g_steps=g_steps, seconds=budget.spent,
                     **{f"flag_{k}": float(k in seen) for k in ("vanishing", "collapse", "oscillation")})
             if (epoch + 1) % cfg.sample_every == 0 or epoch + 1 == gc.epochs or out_of_budget():
                 save_grid(to_unit(samples[:cfg.grid_size]), run.sample_path(f"gan_samples_epoch{epoch:04d}"))
             if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == gc.epochs or out_of_budget():
-                run.save_stage("gan", epoch, state, rng, extra={"g_steps": torch.tensor(g_steps),
-                                                                "seconds": torch.tensor(seconds, dtype=torch.float64)})
+                run.save_stage("gan", epoch, state, rng, extra={"g_steps": torch.tensor(g_steps), **budget.state()})
     G.eval()
     D.eval()
-    return GANResult(G, D, history, flags, g_steps, seconds)
+    return GANResult(G, D, history, flags, g_steps, budget.spent)
 

@@ -37,7 +37,7 @@ def build_generator(cfg: GlannConfig, shape: Sequence[int]) -> Union[Generator, 
 
 
 def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLOResult:
-    """Train generator and per-image codes on `data` (uint8 images on the training device).
+    """Train generator and per-image codes on `data` (uint8 images, or float points, on the training device).
 
     Resumes from run's GLO checkpoint when there is one. Raises TrainingError on a non-finite loss,
     leaving the last good checkpoint in place.
@@ -80,9 +80,10 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
     throughput: list[float] = []
     grid_idx = torch.arange(min(cfg.grid_size, n_local), device=device)
 
+    stop = budget.exhausted(in_epoch=False)  # a resumed run whose time is already spent
     epochs = tqdm(range(start, gc.epochs), desc="GLO", unit="epoch", initial=start, total=gc.epochs)
     for epoch in epochs:
-        if budget.exhausted(in_epoch=False):
+        if stop:
             break
         G.train()
         budget.start_epoch()
@@ -111,6 +112,7 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
                 if budget.exhausted():
                     break  # the budget ends mid-epoch: close this epoch and stop
         budget.end_epoch()
+        stop = budget.exhausted(in_epoch=False)  # agreed by every rank: the last epoch of the budget
         sched_g.step()
         sched_z.step()
         mean = d.sum(tracker.flush()) / d.world
@@ -121,10 +123,9 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
         if run:
             run.log("glo", epoch, loss=mean, skipped_batches=tracker.skipped, lr_codes=opt_z.param_groups[0]["lr"],
                     lr_generator=opt_g.param_groups[0]["lr"], images_per_s=throughput[-1])
-            if run.is_main and ((epoch + 1) % cfg.sample_every == 0 or epoch + 1 == gc.epochs
-                                or budget.limit is not None and budget.spent >= budget.limit):
+            if run.is_main and ((epoch + 1) % cfg.sample_every == 0 or epoch + 1 == gc.epochs or stop):
                 _save_glo_grids(G, codes.weight.detach(), images, grid_idx, cfg.seed, run, epoch)
-            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == gc.epochs or budget.exhausted(in_epoch=False):
+            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == gc.epochs or stop:
                 run.save_stage("glo", epoch, state, rng, extra=budget.state())
     G.eval()
     return GLOResult(G, codes.weight.detach(), losses, throughput)
@@ -139,7 +140,9 @@ def _save_glo_grids(G: Generator, codes: torch.Tensor, images: torch.Tensor, gri
     rec = to_unit(G(codes[grid_idx]))
     half = max(1, len(grid_idx) // 2)
     nrow = max(1, int(round(half ** 0.5)))
-    save_grid(_interleave_rows(real[:half], rec[:half], nrow), run.sample_path(f"glo_recon_epoch{epoch:04d}"), nrow=nrow)
+    # Points: the reconstructions alone (beside the real points in one colour they would show nothing).
+    pairs = rec if rec.ndim == 2 else _interleave_rows(real[:half], rec[:half], nrow)
+    save_grid(pairs, run.sample_path(f"glo_recon_epoch{epoch:04d}"), nrow=nrow)
     # GLO alone samples from a Gaussian fitted to the codes (the reference's "gaussian" grid).
     mean = codes.mean(0)
     cov = torch.cov(codes.T) + 1e-5 * torch.eye(codes.shape[1], device=codes.device)

@@ -10,14 +10,14 @@ from torchvision.utils import save_image
 
 
 def to_model(x: torch.Tensor) -> torch.Tensor:
-    """uint8 N x C x H x W in [0, 255] -> float32 in [-1, 1]."""
+    """uint8 N x C x H x W in [0, 255] -> float32 in [-1, 1]; vectors (N x D) -> float32 unchanged."""
     if x.ndim == 2:
         return x.float()
     return x.float().div_(127.5).sub_(1.0)
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """Network output in [-1, 1] -> float in [0, 1] (clamped)."""
+    """Network output in [-1, 1] -> float in [0, 1] (clamped); vectors (N x D) unchanged."""
     if x.ndim == 2:
         return x
     return x.add(1.0).mul_(0.5).clamp_(0.0, 1.0)
@@ -43,17 +43,14 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
 
 def save_scatter(points: torch.Tensor, path: str | Path) -> Path:
     """Scatter plot of the first two coordinates of float N x D points, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: a notebook's plotting backend stays as it is
 
     xy = points.detach().float().cpu().numpy()
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    fig = Figure(figsize=(4, 4), dpi=100)
+    ax = fig.add_subplot()
     ax.scatter(xy[:, 0], xy[:, 1] if xy.shape[1] > 1 else 0 * xy[:, 0], s=2, alpha=0.5, linewidths=0)
     ax.set_aspect("equal", adjustable="datalim")
     ax.set_title(f"{len(xy)} samples", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return Path(path)

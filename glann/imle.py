@@ -85,9 +85,10 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
                              generator=torch.Generator().manual_seed(cfg.seed + 2)).to(device)
     fd_check = None  # the training-time domain FD (cfg.eval), built on first use
 
+    stop = budget.exhausted(in_epoch=False)  # a resumed run whose time is already spent
     epochs = tqdm(range(start, ic.epochs), desc="IMLE", unit="epoch", initial=start, total=ic.epochs)
     for epoch in epochs:
-        if budget.exhausted(in_epoch=False):
+        if stop:
             break
         T.train()
         budget.start_epoch()
@@ -119,6 +120,7 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
                 if budget.exhausted():
                     break  # the budget ends mid-epoch: close this epoch and stop
         budget.end_epoch()
+        stop = budget.exhausted(in_epoch=False)  # agreed by every rank: the last epoch of the budget
         sched.step()
         mean = d.sum(tracker.flush()) / d.world
         epoch_seconds.append(time.perf_counter() - t0)
@@ -131,12 +133,12 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
         if run:
             run.log("imle", epoch, loss=mean, skipped_batches=tracker.skipped, lr=opt.param_groups[0]["lr"],
                     epoch_seconds=epoch_seconds[-1], **metrics)
-            last = epoch + 1 == ic.epochs or budget.limit is not None and budget.spent >= budget.limit
-            if run.is_main and generator is not None and ((epoch + 1) % cfg.sample_every == 0 or last):
+            if run.is_main and generator is not None and ((epoch + 1) % cfg.sample_every == 0 or epoch + 1 == ic.epochs
+                                                          or stop):
                 T.eval()
                 with torch.no_grad():
                     save_grid(to_unit(generator.eval()(T(grid_noise))), run.sample_path(f"imle_samples_epoch{epoch:04d}"))
-            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == ic.epochs or budget.exhausted(in_epoch=False):
+            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == ic.epochs or stop:
                 run.save_stage("imle", epoch, state, rng,
                                extra={"noise": noise, "match": d.gather_rows(match, n), **budget.state()})
     T.eval()

@@ -32,6 +32,9 @@ def train(cfg: GlannConfig, resume: bool = False, run_dir: Optional[Union[str, P
         torch.cuda.set_device(device)
     if d.active and cfg.method == "gan":
         raise ConfigError("the GAN baseline trains in one process; run it without torchrun")
+    if d.active and cfg.skip_nonfinite:
+        raise ConfigError("skip_nonfinite=true skips a batch on one rank while the others step, which "
+                          "desynchronises torchrun ranks; leave it false under torchrun")
     run = Run.create(cfg, Path(run_dir) if run_dir else None, resume=resume)
     cfg = run.cfg
     try:

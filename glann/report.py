@@ -26,7 +26,8 @@ METRICS_FILE = "report_metrics.json"
 COLUMNS = [
     ("fd", "FD", "lower"), ("kd_mean", "KD", "lower"), ("precision", "precision", "higher"),
     ("recall", "recall", "higher"), ("density", "density", "higher"), ("coverage", "coverage", "higher"),
-    ("classes_covered", "classes covered", "higher"), ("mode_kl", "KL(gen, data)", "lower"),
+    ("classes_covered", "classes covered", "higher"), ("modes_covered", "modes covered", "higher"),
+    ("high_quality_share", "high-quality share", "higher"), ("mode_kl", "KL(gen, data)", "lower"),
     ("pixel_fd", "pixel FD", "lower"), ("diversity", "diversity", "closer to data"),
     ("train_seconds", "train s", "-"), ("g_steps", "G updates", "-"), ("flags", "GAN flags", "-"),
 ]
@@ -36,7 +37,8 @@ MetricsFn = Callable[[Path], dict]
 # ---------------------------------------------------------------------------- metrics
 def basic_metrics(run_dir: Path, num_samples: int = 2000, seed: int = 0) -> dict[str, float]:
     """Pixel statistics needing no feature network: Frechet distance between 8 x 8 average-pooled
-    samples and real images (test split when there is one), and sample diversity relative to the data's."""
+    samples and real images (test split when there is one), and sample diversity relative to the data's.
+    Vector data (2-D mixtures) is compared as it is, point against point."""
     from dataclasses import replace
 
     from .data import load_dataset
@@ -51,11 +53,12 @@ def basic_metrics(run_dir: Path, num_samples: int = 2000, seed: int = 0) -> dict
         real = load_dataset(replace(data_cfg, split=split, limit=num_samples)).images
     except Exception:  # no test split on disk: fall back to the run's own training data
         real = load_dataset(replace(data_cfg, limit=num_samples)).images
-    fake = s.sample(num_samples, seed=seed) * 2 - 1
-    real = to_model(real)
+    fake = s.sample(num_samples, seed=seed)
+    vector = fake.ndim == 2
+    fake, real = (fake, real.float()) if vector else (fake * 2 - 1, to_model(real))
 
     def pooled(x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.adaptive_avg_pool2d(x, 8).flatten(1).double()
+        return x.double() if vector else torch.nn.functional.adaptive_avg_pool2d(x, 8).flatten(1).double()
 
     k = min(256, len(real), len(fake))
     return {"pixel_fd": _frechet(pooled(real), pooled(fake)),

@@ -85,8 +85,9 @@ def check_finite(value: float, stage: str, epoch: int, step: int, run: Optional[
 class Budget:
     """A stage's training wall-clock, carried across resumes, against an optional limit in seconds.
 
-    `exhausted()` is agreed by every rank under torchrun (one all-reduce, so call it every
-    CHECK_EVERY steps, not every step); without a limit it costs nothing.
+    `exhausted()` is agreed by every rank under torchrun: it is one all-reduce, so every rank must
+    call it at the same points (every CHECK_EVERY steps, not every step); without a limit it costs
+    nothing.
     """
 
     def __init__(self, limit: Optional[float], extra: dict[str, torch.Tensor]):

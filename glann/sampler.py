@@ -37,7 +37,7 @@ class Sampler:
     """Images from noise: e ~ N(0, I) -> T(e) -> G -> image (a GAN run has no T: e ~ N(0, I) of size nz -> G).
 
     >>> s = Sampler.from_pretrained("runs/fashion_mnist", device="cpu")
-    >>> x = s.sample(64, seed=0)   # float N x C x H x W in [0, 1]
+    >>> x = s.sample(64, seed=0)   # float N x C x H x W in [0, 1] (runs on 2-D points: float N x 2)
     """
 
     def __init__(self, generator: Generator, mapper: Optional[Mapper], cfg: GlannConfig,
@@ -91,12 +91,12 @@ class Sampler:
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-        """Latents (n x nz) -> images, float n x C x H x W in [0, 1]."""
+        """Latents (n x nz) -> images, float n x C x H x W in [0, 1] (vector runs: points, float n x D)."""
         z = z.to(self.device)
         return torch.cat([to_unit(self.generator(c)) for c in z.split(batch_size)])
 
     def sample(self, n: int, seed: Optional[int] = None, batch_size: int = 1024) -> torch.Tensor:
-        """n images, float n x C x H x W in [0, 1]; the same seed gives the same images."""
+        """n images, float n x C x H x W in [0, 1] (vector runs: float n x D points); the same seed gives the same."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         return self.decode(self.latents(n, seed), batch_size)
@@ -145,5 +145,5 @@ class Sampler:
 
     @staticmethod
     def save_grid(images: torch.Tensor, path: Union[str, Path], nrow: Optional[int] = None) -> Path:
-        """Write images (float N x C x H x W in [0, 1]) as a PNG grid."""
+        """Write images (float N x C x H x W in [0, 1]) as a PNG grid; points (N x D) as a scatter plot."""
         return save_grid(images, path, nrow)

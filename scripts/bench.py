@@ -146,7 +146,7 @@ def main() -> int:
     # --- GLO
     sub = lambda n: type(data)(data.images[:n], None, data.name)  # noqa: E731
     if args.perf:
-        perf_rows(args, cfg, sub(128 * steps * 3), row)
+        perf_rows(args, sub(128 * steps * 3), row)
         return write_table(args, rows, device, "")
 
     lap = glo_throughput(cfg, sub(128 * steps * 3), "lap1")
@@ -208,7 +208,7 @@ PERF_SWITCHES = [("perf.amp=bf16", "bf16 autocast"), ("perf.channels_last=true",
                  ("perf.amp=bf16 perf.channels_last=true perf.fused_adam=true", "bf16 + channels_last + fused")]
 
 
-def perf_rows(args, cfg, data, row) -> None:
+def perf_rows(args, data, row) -> None:
     """GLO lap1 images/s with each perf switch against all off; the baseline is timed before and
     after the switches (their mean is the denominator, their spread the noise)."""
     def measure(overrides: str) -> float:

@@ -7,8 +7,10 @@ vs GAN variants, over seeds; prints a markdown table and writes it to --out.
 Mixtures follow the VEEGAN / PacGAN protocol (2,500 samples; a sample is high quality within
 3 std of its nearest centre; a mode is covered by one high-quality sample; reverse KL over the
 modes). Stacked data counts 1,000 modes with the base dataset's domain classifier per channel on
-26,000 samples (PacGAN's count). Every method trains under the same config file and epoch budget;
-the table gives each run's training seconds.
+26,000 samples (PacGAN's count). Every method trains from the same config file: GLANN its GLO +
+IMLE epochs (mixtures: 60 + 30), the GANs --gan-epochs (mixtures, default 60) or the config's
+gan.epochs; IMLE alone the sum of GLANN's. The budgets are epochs, not time: the table gives
+each run's measured training seconds.
 """
 from __future__ import annotations
 

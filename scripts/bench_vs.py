@@ -24,7 +24,7 @@ NUMBER = re.compile(r"^-?[0-9]+(\.[0-9]+)?x?$")
 
 def run_bench(tree: Path, out: Path, extra: list[str]) -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=f"{tree}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    check = subprocess.run([sys.executable, "-c", "import glann; print(glann.__file__)"], env=env,
+    check = subprocess.run([sys.executable, "-c", "import glann; print(glann.__file__)"], env=env, cwd=tree,
                            capture_output=True, text=True, check=True).stdout.strip()
     if not check.startswith(str(tree)):
         raise SystemExit(f"bench_vs: {tree} would import glann from {check}; is glann installed non-editable?")

@@ -162,3 +162,14 @@ def test_stacked_run_is_counted_over_channel_triples(tmp_path, monkeypatch):
     result = evaluate_run(run, num_samples=200)
     m = result["metrics"]
     assert m["num_modes"] == 64 and 1 <= m["modes_covered"] <= 64  # shapes: 4 classes per channel
+
+
+def test_report_on_mixture_runs_has_mode_columns(tmp_path):
+    from glann.report import write_report
+
+    runs = [train(ring(tmp_path, "glo.epochs=2", "imle.epochs=1", "name=glann")),
+            train(ring(tmp_path, "method=gan", "gan.epochs=1", "name=gan"))]
+    out = write_report(runs, tmp_path / "report", features="domain", num_samples=300)
+    md = (out / "report.md").read_text()
+    assert "modes covered" in md and "high-quality share" in md and "pixel FD" in md
+    assert (out / "report.html").is_file()

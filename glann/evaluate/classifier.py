@@ -149,8 +149,8 @@ def domain_classifier(train: Dataset, test: Optional[Dataset] = None, cache: boo
             model = DomainClassifier(int(meta["channels"]), int(meta["num_classes"]))
             model.load_state_dict(tensors)
         except (KeyError, RuntimeError, ValueError, OSError, SafetensorError) as exc:
-            raise CheckpointError(f"cached domain classifier {found} is unreadable "
-                                  f"({str(exc).splitlines()[0]}); delete it and it will be retrained") from exc
+            fix = "reinstall glann" if found.parent == SHIPPED_DIR else "delete it and it will be retrained"
+            raise CheckpointError(f"domain classifier {found} is unreadable ({str(exc).splitlines()[0]}); {fix}") from exc
         acc = float(meta["test_accuracy"]) if meta.get("test_accuracy", "none") != "none" else None
         if acc is None and test is not None and test.labels is not None:
             acc = accuracy(model.to(device), test.images, test.labels)

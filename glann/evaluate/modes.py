@@ -55,14 +55,18 @@ def mixture_modes(samples: torch.Tensor, centres: torch.Tensor, std: float, sigm
     dist, nearest = torch.cdist(samples.float().cpu(), centres.float().cpu()).min(1)
     good = dist <= sigmas * std
     k = centres.shape[0]
-    hist = class_histogram(nearest, k)
-    nz = hist > 0
     return {
         "modes_covered": int((torch.bincount(nearest[good], minlength=k) > 0).sum()),
         "num_modes": k,
         "high_quality_share": float(good.double().mean()),
-        "mode_kl": float((hist[nz] * (hist[nz] * k).log()).sum()),
+        "mode_kl": _kl_to_uniform(class_histogram(nearest, k)),
     }
+
+
+def _kl_to_uniform(hist: torch.Tensor) -> float:
+    """KL(hist || uniform) over len(hist) modes: 0 for an even spread, log K for one mode."""
+    nz = hist > 0
+    return float((hist[nz] * (hist[nz] * len(hist)).log()).sum())
 
 
 def stacked_modes(channel_probs: list[torch.Tensor]) -> dict[str, object]:
@@ -75,7 +79,7 @@ def stacked_modes(channel_probs: list[torch.Tensor]) -> dict[str, object]:
     mode = torch.zeros(channel_probs[0].shape[0], dtype=torch.long)
     for probs in channel_probs:
         mode = mode * k + probs.argmax(1).cpu()
-    stats = mode_stats(torch.nn.functional.one_hot(mode, k ** len(channel_probs)).float())
+    hist = class_histogram(mode, k ** len(channel_probs))
     confident = torch.stack([p.max(1).values.cpu() for p in channel_probs]).min(0).values > CONFIDENT
-    return {"modes_covered": stats["classes_covered"], "num_modes": stats["num_classes"],
-            "mode_kl": stats["mode_kl"], "confident_share": float(confident.double().mean())}
+    return {"modes_covered": int((hist > 0).sum()), "num_modes": len(hist), "mode_kl": _kl_to_uniform(hist),
+            "confident_share": float(confident.double().mean())}

@@ -182,6 +182,10 @@ def evaluate_run(run_dir: Union[str, Path], features: str = "domain", num_sample
     run_dir = Path(run_dir)
     sampler = Sampler.from_pretrained(run_dir, device=device)
     if sampler.cfg.data.source in MIXTURES or sampler.cfg.data.stack == 3:
+        if features == "inception":
+            raise DataError(f"{run_dir} was trained on a mode-collapse benchmark ({sampler.cfg.data.source}"
+                            f"{', stacked' if sampler.cfg.data.stack == 3 else ''}), which is scored by counting "
+                            f"modes; drop --features inception")
         result = evaluate_modes(sampler, num_samples, seed)  # the mode-collapse benchmarks count modes
         result["protocol"].update(run=str(run_dir), dataset=sampler.cfg.data.source)
         write_eval(run_dir / EVAL_FILE, result)
