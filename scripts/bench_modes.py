@@ -3,6 +3,7 @@ vs GAN variants, over seeds; prints a markdown table and writes it to --out.
 
     python scripts/bench_modes.py mixtures --seeds 0 1 2 --out benchmarks/modes_2d_cpu.md
     python scripts/bench_modes.py stacked --dataset fashion_mnist --seeds 0 1 2 --out benchmarks/stacked_cpu.md
+    python scripts/bench_modes.py figure --run-dir RUNS --out benchmarks/modes_2d/scatter_seed0.png  # from kept runs
 
 Mixtures follow the VEEGAN / PacGAN protocol (2,500 samples; a sample is high quality within
 3 std of its nearest centre; a mode is covered by one high-quality sample; reverse KL over the
@@ -98,6 +99,37 @@ def run_stacked(args: argparse.Namespace, out: Path) -> list[dict]:
     return rows
 
 
+def figure(run_dir: Path, out: Path, seed: int = 0, num_samples: int = 2500) -> None:
+    """Scatter plots of each mixture's data and of every kept run's samples for one seed
+    (IMLE alone keeps no run directory, so it is not drawn)."""
+    from matplotlib.figure import Figure
+
+    methods = ["GLANN", *GAN_VARIANTS]
+    fig = Figure(figsize=(3 * (len(methods) + 1), 6.2), dpi=90)
+    for row, mixture in enumerate(["ring8", "grid25"]):
+        centres, std = mixture_spec(mixture)
+        data = load_dataset(load_config(ROOT / "configs" / f"{mixture}.yaml").data).images[:num_samples]
+        panels = [("data", data)]
+        for method in methods:
+            path = run_dir / f"{mixture}-{_slug(method)}-s{seed}"
+            if (path / "model.safetensors").is_file():
+                panels.append((method, Sampler.from_pretrained(path, device="cpu").sample(num_samples, seed=seed)))
+        for col, (title, pts) in enumerate(panels):
+            ax = fig.add_subplot(2, len(methods) + 1, row * (len(methods) + 1) + col + 1)
+            ax.scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.4, linewidths=0)
+            ax.scatter(centres[:, 0], centres[:, 1], s=8, c="red", marker="x", linewidths=0.8)
+            m = mixture_modes(pts, centres, std)
+            ax.set_title(f"{mixture}: {title}\n{m['modes_covered']}/{m['num_modes']} modes, "
+                         f"HQ {m['high_quality_share']:.2f}", fontsize=7)
+            lim = 1.5 if mixture == "ring8" else 5.5
+            ax.set_xlim(-lim, lim), ax.set_ylim(-lim, lim), ax.set_aspect("equal")
+            ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    print(f"wrote {out}")
+
+
 def _slug(method: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in method.lower()).strip("-")
 
@@ -136,6 +168,10 @@ def main() -> int:
     s = sub.add_parser("stacked")
     s.add_argument("--dataset", default="fashion_mnist", choices=["fashion_mnist", "mnist"])
     s.add_argument("--num-samples", type=int, default=26000)
+    f = sub.add_parser("figure")
+    f.add_argument("--run-dir", type=Path, required=True, help="the --run-dir of an earlier `mixtures` run")
+    f.add_argument("--out", type=Path, required=True)
+    f.add_argument("--seed", type=int, default=0)
     for q in (m, s):
         q.add_argument("overrides", nargs="*", help="key=value overrides for every run (e.g. data.limit=25600)")
         q.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -143,6 +179,9 @@ def main() -> int:
         q.add_argument("--run-dir", type=Path, help="where the runs go (default: a temporary folder)")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("GLANN_THREADS", "2")))
+    if args.which == "figure":
+        figure(args.run_dir, args.out, args.seed)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         out = args.run_dir or Path(tmp)
         rows = run_mixtures(args, out) if args.which == "mixtures" else run_stacked(args, out)
