@@ -142,8 +142,9 @@ def _mean_std(values: list[float], fmt: str) -> str:
 
 def table(rows: list[dict]) -> str:
     hq = "high_quality_share" in rows[0]
+    conf = "confident_share" in rows[0]  # stacked: samples whose three channels all classify with p > 0.9
     head = "| data | method | modes covered (per seed) | " + ("high-quality share | " if hq else "") + \
-           "reverse KL | train s |"
+           "reverse KL | " + ("confident share | " if conf else "") + "train s |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
@@ -153,7 +154,10 @@ def table(rows: list[dict]) -> str:
         cells = [data, method, modes]
         if hq:
             cells.append(_mean_std([r["high_quality_share"] for r in rs], ".3f"))
-        cells += [_mean_std([r["mode_kl"] for r in rs], ".3f"), _mean_std([r["seconds"] for r in rs], ".0f")]
+        cells.append(_mean_std([r["mode_kl"] for r in rs], ".3f"))
+        if conf:
+            cells.append(_mean_std([r["confident_share"] for r in rs], ".3f"))
+        cells.append(_mean_std([r["seconds"] for r in rs], ".0f"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
