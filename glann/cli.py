@@ -30,6 +30,14 @@ def _sample(args: argparse.Namespace) -> int:
     from .images import unit_to_uint8
     from .sampler import Sampler
 
+    if args.num < 1:
+        raise SystemExit(f"glann sample: -n must be at least 1, got {args.num}")
+    if args.output and Path(args.output).suffix.lower() == ".npz":
+        args.format = "npz"  # the file name says what is wanted
+    elif args.format == "npz" and args.output:
+        raise SystemExit(f"glann sample: --format npz writes an .npz file; name it so (got {args.output})")
+    elif args.output and Path(args.output).suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise SystemExit(f"glann sample: -o {args.output}: write a .png grid, or an .npz file (--format npz)")
     sampler = Sampler.from_pretrained(args.run, device=args.device)
     vector = len(sampler.generator.out_shape) == 1  # 2-D mixtures: points, not images
     if vector and args.out_dir and args.format != "npz":
@@ -56,7 +64,7 @@ def _sample(args: argparse.Namespace) -> int:
         print(f"wrote {len(images)} PNGs to {out_dir}")
     else:
         out = sampler.save_grid(images, args.output or "samples.png")
-        print(f"wrote a grid of {len(images)} samples to {out}")
+        print(f"wrote a {'scatter plot' if vector else 'grid'} of {len(images)} samples to {out}")
     return 0
 
 

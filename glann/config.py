@@ -70,7 +70,10 @@ class GLOConfig:
     decay_every: int = 20  # epochs between learning-rate halvings
     decay_rate: float = 0.5
     loss: str = "lap1"
-    max_seconds: Optional[float] = None  # budget: stop GLO after this much training wall-clock (across resumes)
+    # Budget: stop GLO after this many seconds of training (across resumes). Counted inside epochs:
+    # sample grids and checkpoints between epochs are not, and the epoch in progress finishes its
+    # current CHECK_EVERY steps, so the stage's wall-clock ends a little later.
+    max_seconds: Optional[float] = None
     # vgg/lpips only: use randomly initialised backbones (tests and timing; not for real training).
     loss_random_weights: bool = False
 
@@ -89,7 +92,7 @@ class IMLEConfig:
     refresh_every: int = 1  # epochs between nearest-neighbour searches (reference: every epoch)
     knn_backend: str = "auto"
     knn_query_batch: Optional[int] = None  # queries per k-NN tile; None: 2048 on CPU, 16384 on a GPU
-    max_seconds: Optional[float] = None  # budget: stop IMLE after this much training wall-clock (across resumes)
+    max_seconds: Optional[float] = None  # budget: stop IMLE after this many seconds of training, as glo.max_seconds
 
 
 @dataclass
@@ -234,8 +237,8 @@ def validate(cfg: GlannConfig) -> None:
         (cfg.imle.knn_backend in KNN_BACKENDS,
          f"imle.knn_backend must be one of {KNN_BACKENDS}, got '{cfg.imle.knn_backend}'"),
         (cfg.imle.samples_per_point > 0, "imle.samples_per_point must be positive"),
-        (all(s is None or s > 0 for s in (cfg.glo.max_seconds, cfg.imle.max_seconds, cfg.gan.max_seconds)),
-         "glo/imle/gan.max_seconds must be positive (or null: no time budget)"),
+        *[(s is None or s > 0, f"{name}.max_seconds must be positive (or null: no time budget), got {s}")
+          for name, s in (("glo", cfg.glo.max_seconds), ("imle", cfg.imle.max_seconds), ("gan", cfg.gan.max_seconds))],
         (cfg.glo.epochs >= 0 and cfg.imle.epochs >= 0, "epochs must be >= 0"),
         (cfg.glo.batch_size > 0 and cfg.imle.batch_size > 0, "batch sizes must be positive"),
         (cfg.model.nz > 0 and cfg.model.noise_dim > 0, "model.nz and model.noise_dim must be positive"),

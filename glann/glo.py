@@ -113,6 +113,8 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
                     break  # the budget ends mid-epoch: close this epoch and stop
         budget.end_epoch()
         stop = budget.exhausted(in_epoch=False)  # agreed by every rank: the last epoch of the budget
+        if stop and d.is_main and epoch + 1 < gc.epochs:
+            tqdm.write(f"GLO: glo.max_seconds={gc.max_seconds:g} reached after {epoch + 1} of {gc.epochs} epochs")
         sched_g.step()
         sched_z.step()
         mean = d.sum(tracker.flush()) / d.world

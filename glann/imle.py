@@ -121,6 +121,8 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
                     break  # the budget ends mid-epoch: close this epoch and stop
         budget.end_epoch()
         stop = budget.exhausted(in_epoch=False)  # agreed by every rank: the last epoch of the budget
+        if stop and d.is_main and epoch + 1 < ic.epochs:
+            tqdm.write(f"IMLE: imle.max_seconds={ic.max_seconds:g} reached after {epoch + 1} of {ic.epochs} epochs")
         sched.step()
         mean = d.sum(tracker.flush()) / d.world
         epoch_seconds.append(time.perf_counter() - t0)

@@ -173,3 +173,21 @@ def test_report_on_mixture_runs_has_mode_columns(tmp_path):
     md = (out / "report.md").read_text()
     assert "modes covered" in md and "high-quality share" in md and "pixel FD" in md
     assert (out / "report.html").is_file()
+
+
+def test_points_from_glann_sample_are_scored_by_evaluate_images(tmp_path, capsys):
+    from glann.cli import main
+
+    run = train(ring(tmp_path, "glo.epochs=2", "imle.epochs=1"))
+    npz = tmp_path / "points.npz"
+    assert main(["sample", str(run), "-n", "300", "-o", str(npz)]) == 0  # .npz name: npz format
+    assert main(["evaluate", "--images", str(npz), "--dataset", "ring8", "-o", str(tmp_path / "e.json")]) == 0
+    saved = json.loads((tmp_path / "e.json").read_text())["mixture"]
+    assert saved["metrics"]["num_modes"] == 8 and saved["protocol"]["num_generated"] == 300
+    with pytest.raises(SystemExit, match="at least 1"):
+        main(["sample", str(run), "-n", "0"])
+    with pytest.raises(SystemExit, match="name it so"):
+        main(["sample", str(run), "--format", "npz", "-o", str(tmp_path / "x.png")])
+    with pytest.raises(DataError, match="float N x 2"):
+        from glann.evaluate import evaluate_images
+        evaluate_images(torch.zeros(5, 3), dataset="ring8")

@@ -157,6 +157,33 @@ def load_images(path: Union[str, Path], like: Dataset) -> torch.Tensor:
     return load_dataset(cfg).images
 
 
+def _load_points(points: Union[str, Path, torch.Tensor]) -> torch.Tensor:
+    """float N x 2 points from a tensor or an .npz/.npy file (key `points`, or its only array)."""
+    import numpy as np
+
+    if isinstance(points, torch.Tensor):
+        arr = points.detach().cpu().numpy()
+    else:
+        path = Path(points)
+        if not path.is_file() or path.suffix not in (".npz", ".npy"):
+            raise DataError(f"{path}: give the 2-D points as an .npz (key 'points') or .npy file, "
+                            f"as `glann sample RUN --format npz` writes")
+        try:
+            loaded = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: not a readable .npz/.npy file ({str(exc).splitlines()[0]})") from exc
+        if isinstance(loaded, np.ndarray):
+            arr = loaded
+        else:
+            keys = list(loaded.keys())
+            if "points" not in keys and len(keys) != 1:
+                raise DataError(f"{path} holds {keys}; put the points under the key 'points'")
+            arr = loaded["points" if "points" in keys else keys[0]]
+    if arr.ndim != 2 or arr.shape[1] != 2 or not np.issubdtype(arr.dtype, np.floating):
+        raise DataError(f"2-D mixture samples must be float N x 2 points, got {arr.dtype} of shape {arr.shape}")
+    return torch.from_numpy(np.asarray(arr, dtype=np.float32))
+
+
 def reference_data(data: DataConfig, against: str = "test") -> tuple[Dataset, Dataset, Optional[Dataset]]:
     """(reference, full training split, held-out test split or None) for a run's data config.
 
@@ -285,7 +312,20 @@ def evaluate_images(images: Union[str, Path, torch.Tensor], dataset: str = "fash
                     **kwargs: Any) -> dict[str, Any]:
     """Score anyone's generated images (a folder, a .npz/.npy file or a tensor) against a dataset;
     the first `num_samples` images are used. Writes `output` (JSON, merged per feature network) when set.
+    For a 2-D mixture (dataset ring8 / grid25) give points instead (float N x 2: a tensor, or an
+    .npz with key `points` as `glann sample --format npz` writes): they are scored by mode counts.
     """
+    if dataset in MIXTURES:
+        points = _load_points(images)[:num_samples]
+        centres, std = mixture_spec(dataset)
+        result = {"metrics": mixture_modes(points, centres, std),
+                  "protocol": {"features": "mixture", "feature_net": f"nearest of {len(centres)} centres, 3 std",
+                               "feature_dim": 0, "num_generated": int(points.shape[0]), "num_reference": 0,
+                               "seed": seed, "dataset": dataset, "versions": _versions(),
+                               "images": str(images) if isinstance(images, (str, Path)) else "tensor"}}
+        if output:
+            write_eval(output, result)
+        return result
     ref, train, test = reference_data(DataConfig(source=dataset), against)
     gen = load_images(images, train) if isinstance(images, (str, Path)) else as_uint8(images)
     gen = gen[:num_samples]
