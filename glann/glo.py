@@ -111,10 +111,7 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
                 bar.set_postfix(loss=f"{tracker.flush():.4f}")  # one host sync every CHECK_EVERY steps
                 if budget.exhausted():
                     break  # the budget ends mid-epoch: close this epoch and stop
-        budget.end_epoch()
-        stop = budget.exhausted(in_epoch=False)  # agreed by every rank: the last epoch of the budget
-        if stop and d.is_main and epoch + 1 < gc.epochs:
-            tqdm.write(f"GLO: glo.max_seconds={gc.max_seconds:g} reached after {epoch + 1} of {gc.epochs} epochs")
+        stop = budget.end_epoch("GLO", epoch, gc.epochs)  # agreed by every rank: the last epoch of the budget
         sched_g.step()
         sched_z.step()
         mean = d.sum(tracker.flush()) / d.world

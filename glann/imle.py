@@ -119,10 +119,7 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
                 bar.set_postfix(loss=f"{tracker.flush():.5f}")
                 if budget.exhausted():
                     break  # the budget ends mid-epoch: close this epoch and stop
-        budget.end_epoch()
-        stop = budget.exhausted(in_epoch=False)  # agreed by every rank: the last epoch of the budget
-        if stop and d.is_main and epoch + 1 < ic.epochs:
-            tqdm.write(f"IMLE: imle.max_seconds={ic.max_seconds:g} reached after {epoch + 1} of {ic.epochs} epochs")
+        stop = budget.end_epoch("IMLE", epoch, ic.epochs)  # agreed by every rank: the last epoch of the budget
         sched.step()
         mean = d.sum(tracker.flush()) / d.world
         epoch_seconds.append(time.perf_counter() - t0)

@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 import torch
 from omegaconf import OmegaConf
+from tqdm.auto import tqdm
 
 from .config import GlannConfig, config_from_dict, to_yaml
 from .distributed import current as current_dist
@@ -98,9 +99,15 @@ class Budget:
     def start_epoch(self) -> None:
         self._t0 = time.perf_counter()
 
-    def end_epoch(self) -> None:
+    def end_epoch(self, stage: str = "", epoch: int = 0, epochs: int = 0) -> bool:
+        """Close the epoch's timing; True when the budget is spent (agreed by every rank). With a
+        stage name, rank 0 says so when that cuts the stage short of its `epochs`."""
         self.spent += time.perf_counter() - self._t0
         self._t0 = time.perf_counter()
+        stop = self.exhausted(in_epoch=False)
+        if stop and stage and epoch + 1 < epochs and current_dist().is_main:
+            tqdm.write(f"{stage}: {stage.lower()}.max_seconds={self.limit:g} reached after {epoch + 1} of {epochs} epochs")
+        return stop
 
     def exhausted(self, in_epoch: bool = True) -> bool:
         if self.limit is None:
