@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("runs", nargs="+", help="run directories, e.g. runs/compare/glann_s0 runs/compare/dcgan_s0")
     r.add_argument("-o", "--out-dir", default="report", help="where report.md, report.html and plots/ go")
     r.add_argument("--features", default="domain", choices=["basic", "domain", "inception"])
-    r.add_argument("--num-samples", type=int, default=5000)
+    r.add_argument("--num-samples", type=int, default=10000,
+                   help="generated samples per run, as `glann evaluate` (default 10000)")
     r.set_defaults(func=_report)
     return p
 

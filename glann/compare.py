@@ -44,7 +44,7 @@ class CompareConfig:
     budget_steps: Optional[int] = None
     glo_share: float = 0.75
     features: str = "domain"  # domain | inception (glann.evaluate) | basic (pixel statistics)
-    num_samples: int = 5000  # generated images per evaluation (and real ones they are compared to)
+    num_samples: int = 10000  # generated images per evaluation (and real ones they are compared to)
     overrides: List[str] = field(default_factory=list)  # applied to every method, before its own
     methods: Dict[str, MethodSpec] = field(default_factory=dict)
 

@@ -28,7 +28,7 @@ COLUMNS = [
     ("recall", "recall", "higher"), ("density", "density", "higher"), ("coverage", "coverage", "higher"),
     ("classes_covered", "classes covered", "higher"), ("modes_covered", "modes covered", "higher"),
     ("high_quality_share", "high-quality share", "higher"), ("mode_kl", "KL(gen, data)", "lower"),
-    ("pixel_fd", "pixel FD", "lower"), ("diversity", "diversity", "closer to data"),
+    ("pixel_fd", "pixel FD", "lower"), ("point_fd", "point FD", "lower"), ("diversity", "diversity", "closer to data"),
     ("train_seconds", "train s", "-"), ("g_steps", "G updates", "-"), ("flags", "GAN flags", "-"),
 ]
 MetricsFn = Callable[[Path], dict]
@@ -61,7 +61,7 @@ def basic_metrics(run_dir: Path, num_samples: int = 2000, seed: int = 0) -> dict
         return x.double() if vector else torch.nn.functional.adaptive_avg_pool2d(x, 8).flatten(1).double()
 
     k = min(256, len(real), len(fake))
-    return {"pixel_fd": _frechet(pooled(real), pooled(fake)),
+    return {"point_fd" if vector else "pixel_fd": _frechet(pooled(real), pooled(fake)),
             "diversity": diversity(fake[:k]) / max(diversity(real[:k]), 1e-12)}
 
 
@@ -85,7 +85,7 @@ def evaluation_metrics(run_dir: Path, features: str, num_samples: int) -> dict[s
     return evaluate_run(run_dir, features=features, num_samples=num_samples, recon_images=0, device="cpu")["metrics"]
 
 
-def default_metrics(features: str = "domain", num_samples: int = 5000) -> MetricsFn:
+def default_metrics(features: str = "domain", num_samples: int = 10000) -> MetricsFn:
     """run_dir -> metrics, cached in <run>/report_metrics.json under '<features>:<num_samples>'."""
     key = f"{features}:{num_samples}"
 
@@ -130,7 +130,22 @@ def summarise_run(run_dir: Path, metrics_fn: MetricsFn) -> dict[str, Any]:
         values["g_steps"] = gan[-1]["g_steps"]
     values["flags"] = ", ".join(flags) if cfg.method == "gan" else ""
     return {"dir": run_dir, "method": method, "kind": cfg.method, "seed": cfg.seed, "metrics": values,
-            "records": records, "samples": run_dir / "samples.png"}
+            "records": records, "samples": run_dir / "samples.png", "data": _data_label(cfg)}
+
+
+def _data_label(cfg: Any) -> str:
+    """What a run was trained on, as far as it decides which metrics compare: source, split, size, stacking."""
+    d = cfg.data
+    parts = [d.source] + [f"{k}={v}" for k, v in (("image_size", d.image_size), ("channels", d.channels))
+                          if v is not None]
+    return " ".join(parts + ([f"stack={d.stack}"] if d.stack != 1 else []))
+
+
+def _points_protocol(runs: list[dict]) -> bool:
+    """True when the runs are 2-D mixture runs: evaluate_run counts modes there and ignores `features`."""
+    from .config import MIXTURES
+
+    return all(r["data"].split()[0] in MIXTURES for r in runs)
 
 
 def _mean_std(xs: list[float]) -> str:
@@ -261,7 +276,7 @@ def _plots(runs: list[dict], methods: list[str], out: Path) -> dict[str, Path]:
 
 # ---------------------------------------------------------------------------- writing
 def write_report(run_dirs: Sequence[Union[str, Path]], out_dir: Union[str, Path], features: str = "domain",
-                 num_samples: int = 5000, metrics_fn: Optional[MetricsFn] = None, title: str = "glann comparison",
+                 num_samples: int = 10000, metrics_fn: Optional[MetricsFn] = None, title: str = "glann comparison",
                  budget: str = "") -> Path:
     """Write report.md, report.html and plots/ for the runs into out_dir; returns out_dir."""
     out_dir = Path(out_dir)
@@ -269,12 +284,20 @@ def write_report(run_dirs: Sequence[Union[str, Path]], out_dir: Union[str, Path]
     runs = [summarise_run(Path(d), metrics_fn) for d in run_dirs]
     if not runs:
         raise CheckpointError("no runs to report on; pass run directories such as runs/compare/glann_s0")
+    datasets = sorted({r["data"] for r in runs})
+    if len(datasets) > 1:  # metrics against different data do not compare: one report per dataset
+        raise ConfigError(f"the runs were trained on different data ({'; '.join(datasets)}); "
+                          f"write one report per dataset")
     methods = list(dict.fromkeys(r["method"] for r in runs))
     header, rows, per_run = _table(runs, methods)
     plots = _plots(runs, methods, out_dir / "plots")
     flags = [(r["method"], r["seed"], f) for r in runs for f in _flag_lines(r)]
-    protocol = (f"Metrics: features `{features}`, {num_samples} generated samples per run"
-                + (" (pixel FD and diversity from 2000)" if features != "basic" else "")
+    points = _points_protocol(runs)
+    measured = ("mode counts on the 2-D points" if points and features != "basic"
+                else f"features `{features}`")
+    protocol = (f"Data: {datasets[0]}. Metrics: {measured}, {num_samples} generated samples per run"
+                + ((" (point FD and diversity from 2000)" if points else " (pixel FD and diversity from 2000)")
+                   if features != "basic" else "")
                 + f". Budget: {budget or 'as configured per run'}.")
 
     md = [f"# {title}", "", protocol, "", "## Mean ± std over seeds", "", *_md_table(header, rows), "",

@@ -171,8 +171,14 @@ def test_report_on_mixture_runs_has_mode_columns(tmp_path):
             train(ring(tmp_path, "method=gan", "gan.epochs=1", "name=gan"))]
     out = write_report(runs, tmp_path / "report", features="domain", num_samples=300)
     md = (out / "report.md").read_text()
-    assert "modes covered" in md and "high-quality share" in md and "pixel FD" in md
+    assert "modes covered" in md and "high-quality share" in md and "point FD" in md
+    assert "pixel FD" not in md and "features `domain`" not in md  # no images, no feature network
+    assert "Data: ring8." in md
     assert (out / "report.html").is_file()
+
+    grid = train(ring(tmp_path, "data.source=grid25", "glo.epochs=1", "imle.epochs=1", "name=grid"))
+    with pytest.raises(ConfigError, match="different data .*grid25.*ring8"):  # not one table: scores differ per dataset
+        write_report([*runs, grid], tmp_path / "mixed", features="domain", num_samples=300)
 
 
 def test_points_from_glann_sample_are_scored_by_evaluate_images(tmp_path, capsys):
