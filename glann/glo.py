@@ -20,6 +20,46 @@ from .distributed import ShardedState
 from .distributed import current as current_dist
 from .runs import CHECK_EVERY, Budget, LossTracker, Run
 
+
+class RowAdam(torch.optim.Optimizer):
+    """SparseAdam's lazy Adam for a code table, on the rows one step touches, without sparse tensors.
+
+    `step(rows, grad)` updates `table[rows]` from `grad` (len(rows) x d); only those rows' moments
+    move, with the table's shared step count for bias correction, as torch.optim.SparseAdam does
+    for nn.Embedding(sparse=True). SparseAdam coalesces a sparse gradient and masks the moments
+    with it, which on CUDA waits for the GPU every step (the new sizes live on the device); here
+    the rows are gathered and written back with index_select/index_copy_, so a step queues work
+    and never waits. `rows` must be unique (a slice of a permutation). The state_dict has
+    SparseAdam's layout, so checkpoints written with either load into the other.
+    `project` (e.g. onto the unit sphere) is applied to the updated rows before they are written.
+    """
+
+    def __init__(self, table: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, project=None):
+        super().__init__([table], dict(lr=lr, betas=betas, eps=eps))
+        self.project = project
+
+    @torch.no_grad()
+    def step(self, rows: torch.Tensor, grad: torch.Tensor) -> None:  # type: ignore[override]
+        group = self.param_groups[0]
+        table = group["params"][0]
+        beta1, beta2 = group["betas"]
+        state = self.state[table]
+        if not state:
+            state.update(step=0, exp_avg=torch.zeros_like(table), exp_avg_sq=torch.zeros_like(table))
+        state["step"] += 1  # a Python int, as SparseAdam keeps it: no device read
+        step, exp_avg, exp_avg_sq = state["step"], state["exp_avg"], state["exp_avg_sq"]
+        # The same operations in SparseAdam's order, so both give the same numbers.
+        old_m, old_v = exp_avg.index_select(0, rows), exp_avg_sq.index_select(0, rows)
+        m = grad.sub(old_m).mul_(1 - beta1).add_(old_m)
+        v = grad.pow(2).sub_(old_v).mul_(1 - beta2).add_(old_v)
+        exp_avg.index_copy_(0, rows, m)
+        exp_avg_sq.index_copy_(0, rows, v)
+        step_size = float(group["lr"]) * (1 - beta2 ** step) ** 0.5 / (1 - beta1 ** step)
+        new = table.index_select(0, rows).add_(-step_size * m.div_(v.sqrt_().add_(group["eps"])))
+        table.index_copy_(0, rows, self.project(new) if self.project else new)
+
+
 @dataclass
 class GLOResult:
     generator: Generator
@@ -54,8 +94,8 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
     pc = cfg.perf
     if pc.channels_last and not data.is_vector:
         G = G.to(memory_format=torch.channels_last)
-    # Sparse: each step touches batch_size rows of an N-row table; SparseAdam updates only those.
-    codes = nn.Embedding(n_local, cfg.model.nz, sparse=True).to(device)
+    # Each step touches batch_size rows of an N-row table; RowAdam updates only those.
+    codes = nn.Embedding(n_local, cfg.model.nz).to(device).requires_grad_(False)
     with torch.no_grad():  # the same initial codes whatever the world size
         codes.weight.copy_(sphere(torch.randn(n, cfg.model.nz, generator=rng)).to(device)[mine])
     if d.active:
@@ -65,7 +105,7 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
         G_train = torch.compile(G_train)
     betas = (gc.beta1, gc.beta2)
     opt_g = torch.optim.Adam(G.parameters(), lr=gc.lr_generator, betas=betas, fused=pc.fused_adam or None)
-    opt_z = torch.optim.SparseAdam(codes.parameters(), lr=gc.lr_codes, betas=betas)
+    opt_z = RowAdam(codes.weight, lr=gc.lr_codes, betas=betas, project=sphere)  # codes stay on the unit sphere
     sched_g = torch.optim.lr_scheduler.StepLR(opt_g, gc.decay_every, gc.decay_rate)
     sched_z = torch.optim.lr_scheduler.StepLR(opt_z, gc.decay_every, gc.decay_rate)
     loss_fn = make_loss(gc.loss, data.channels, gc.loss_random_weights).to(device)
@@ -96,17 +136,15 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
             done = step + 1
             idx = perm[step * batch:(step + 1) * batch]
             real = to_model(images[idx])
+            z = codes.weight.index_select(0, idx).requires_grad_()  # this batch's codes, a leaf
             with torch.autocast(device.type, torch.bfloat16, enabled=pc.amp == "bf16"):
-                loss = loss_fn(G_train(codes(idx)), real).float().mean()
+                loss = loss_fn(G_train(z), real).float().mean()
             if not tracker.add(loss, step):
                 continue
             opt_g.zero_grad(set_to_none=True)
-            opt_z.zero_grad(set_to_none=True)
             loss.backward()
             opt_g.step()
-            opt_z.step()
-            with torch.no_grad():  # keep the touched codes on the unit sphere
-                codes.weight[idx] = sphere(codes.weight[idx])
+            opt_z.step(idx, z.grad)
             if (step + 1) % CHECK_EVERY == 0:
                 bar.set_postfix(loss=f"{tracker.flush():.4f}")  # one host sync every CHECK_EVERY steps
                 if budget.exhausted():

@@ -116,6 +116,35 @@ def glo_throughput(cfg, data, loss: str, reference_loss: bool = False, epochs: i
     return train_glo(data, cfg).images_per_s[-1]
 
 
+# Ops whose output size depends on tensor values: on CUDA each one waits for the GPU to catch up.
+WAITING_OPS = {"coalesce", "_coalesce", "sparse_mask", "nonzero", "unique", "_unique2", "masked_select"}
+
+
+def glo_ops_per_step(cfg, data) -> tuple[float, float]:
+    """(ops dispatched, ops that wait for the device) per GLO training step, counted on the real loop.
+
+    On a GPU every op is at least one kernel launch, so the count is what Python and launch
+    overhead scale with when the batch is too small to keep the GPU busy. Two epoch lengths are
+    counted and subtracted, so set-up and per-epoch work cancel."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            self.ops, self.waits = self.ops + 1, self.waits + (name in WAITING_OPS)
+            return func(*args, **(kwargs or {}))
+
+    def count(steps: int) -> tuple[int, int]:
+        cfg.glo.loss, cfg.glo.epochs = "lap1", 1
+        with Count() as c:
+            c.ops = c.waits = 0
+            train_glo(type(data)(data.images[:128 * steps], None, data.name), cfg)
+        return c.ops, c.waits
+
+    (o2, w2), (o4, w4) = count(2), count(4)
+    return (o4 - o2) / 2, (w4 - w2) / 2
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", help="also write the table to this Markdown file")
@@ -151,6 +180,9 @@ def main() -> int:
 
     lap = glo_throughput(cfg, sub(128 * steps * 3), "lap1")
     row("GLO lap1, images/s", f"{lap:.0f}", f"{data_note}, batch 128, nz 64, 6.6 M-param generator")
+    ops, waits = glo_ops_per_step(cfg, data)
+    row("GLO lap1, ops dispatched per step", f"{ops:.0f}",
+        f"of which {waits:.0f} wait for the device (sizes read back: coalesce, sparse_mask, nonzero, unique)")
     vgg = glo_throughput(cfg, sub(128 * steps), "vgg")
     ref = glo_throughput(cfg, sub(128 * steps), "vgg", reference_loss=True)
     row("GLO vgg (3 levels), images/s: glann", f"{vgg:.0f}", "random VGG16 weights (same cost as pretrained)")

@@ -49,3 +49,44 @@ def test_pipeline_and_sampler_on_cuda(tmp_path):
     # Same noise on both devices; TF32 convolutions on the GPU differ from CPU float32 slightly.
     diff = (x.cpu() - Sampler.from_pretrained(run, device="cpu").sample(16, seed=0)).abs()
     assert diff.mean() < 1e-2, (diff.mean(), diff.max())
+
+
+def _device_waits(fn) -> int:
+    """How many times `fn` makes the host wait for the GPU (torch's sync debug warnings)."""
+    import warnings
+
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fn()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("stage", ["glo", "imle"])
+def test_training_steps_never_wait_for_the_gpu(stage, tmp_path):
+    """An epoch of 16 steps waits exactly as often as one of 8: the per-step work queues kernels
+    and never reads a value back (the loss is read every CHECK_EVERY steps and at the epoch's end)."""
+    from glann.config import load_config
+    from glann.data import load_dataset
+    from glann.glo import train_glo
+    from glann.imle import train_imle
+    from glann.runs import CHECK_EVERY
+
+    from conftest import ROOT
+
+    assert CHECK_EVERY > 16
+    waits = []
+    for steps in (8, 16):
+        cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"out_dir={tmp_path}", "device=cuda", "glo.epochs=1",
+                                                           "imle.epochs=1", "glo.batch_size=16", "imle.batch_size=16",
+                                                           f"data.limit={16 * steps}"])
+        data = load_dataset(cfg.data, "cuda", seed=0)
+        if stage == "glo":
+            waits.append(_device_waits(lambda: train_glo(data, cfg)))
+        else:
+            codes = torch.nn.functional.normalize(torch.randn(16 * steps, cfg.model.nz, device="cuda"), dim=1)
+            waits.append(_device_waits(lambda: train_imle(codes, cfg)))
+    assert waits[1] == waits[0], waits
