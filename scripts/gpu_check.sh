@@ -20,9 +20,13 @@ python scripts/bench.py --device cuda --out "$OUT/bench_gpu.md" 2>/dev/null | ta
 # The perf.* switches (bf16, channels_last, fused Adam, torch.compile) each against all off, same run.
 timeout 240 python scripts/bench.py --device cuda --perf --out "$OUT/perf_gpu.md" 2>/dev/null | tail -12
 # End to end on Fashion-MNIST (60k): 10 GLO + 5 IMLE epochs, per-epoch times from metrics.jsonl.
+# GPU utilisation sampled every 200 ms while it trains (issue 5 asks for it per stage).
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits -lms 200 \
+  > "$OUT/gpu_util.csv" 2>/dev/null & SMI=$!
 SECONDS=0
 timeout 200 python -m glann train configs/fashion_mnist.yaml glo.epochs=10 imle.epochs=5 device=cuda out_dir=$OUT/runs \
   sample_every=100 >/dev/null 2>&1; echo "train rc=$? wall=${SECONDS}s (includes start-up and data loading)"
+kill $SMI 2>/dev/null
 python - "$OUT/runs/fashion_mnist/metrics.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
@@ -32,4 +36,19 @@ for stage in ("glo", "imle"):
     t = [b["time"] - a["time"] for a, b in zip(r, r[1:])]
     key = "images_per_s" if stage == "glo" else "epoch_seconds"
     print(stage, "epochs", len(r), key, [round(x.get(key, 0), 1) for x in r], "epoch-to-epoch s", [round(x, 2) for x in t])
+PY
+python - "$OUT/gpu_util.csv" "$OUT/runs/fashion_mnist/metrics.jsonl" <<'PY'
+import csv, datetime, json, sys
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) == 3]
+if not rows:
+    sys.exit(print("no nvidia-smi samples"))
+t = lambda s: datetime.datetime.strptime(s.strip(), "%Y/%m/%d %H:%M:%S.%f").timestamp()
+samples = [(t(a), float(b), float(c)) for a, b, c in rows]
+log = [json.loads(l) for l in open(sys.argv[2])]
+for stage in ("glo", "imle"):  # the samples between a stage's first and last logged epoch
+    ts = [x["time"] for x in log if x["stage"] == stage]
+    inside = [u for when, u, _ in samples if ts and ts[0] <= when <= ts[-1]]
+    if inside:
+        print(f"{stage}: GPU utilisation mean {sum(inside) / len(inside):.0f}% over {len(inside)} samples")
+print(f"peak GPU memory used {max(m for *_, m in samples):.0f} MiB")
 PY
