@@ -19,3 +19,14 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' asked for but no CUDA GPU is visible; use device=cpu or device=auto")
     return device
+
+
+def to_device_async(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move a freshly drawn host tensor to `device` without making the host wait for the GPU.
+
+    A copy from ordinary (pageable) memory blocks until the GPU has caught up; one from pinned
+    memory is queued like a kernel. Random draws stay on the CPU generator, so a seed gives the
+    same numbers on every device."""
+    if device.type != "cuda":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)

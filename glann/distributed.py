@@ -49,12 +49,14 @@ class Dist:
         return self.sum(1.0 if flag else 0.0) > 0
 
     def all_gather_cat(self, x: torch.Tensor) -> torch.Tensor:
-        """Concatenate equal-shaped tensors from every rank, in rank order."""
+        """Concatenate equal-shaped tensors from every rank, in rank order (on x's device: a CPU
+        tensor, such as an RNG state, travels through the GPU under nccl, which has no CPU path)."""
         if not self.active:
             return x
-        parts = [torch.empty_like(x) for _ in range(self.world)]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts)
+        y = x.contiguous().to(self._device())
+        parts = [torch.empty_like(y) for _ in range(self.world)]
+        dist.all_gather(parts, y)
+        return torch.cat(parts).to(x.device)
 
     def gather_rows(self, local: torch.Tensor, n: int) -> torch.Tensor:
         """Rows sharded by `shard(n)` on each rank -> the full n-row tensor, in global order."""
@@ -63,8 +65,7 @@ class Dist:
         width = -(-n // self.world)
         pad = torch.zeros((width,) + tuple(local.shape[1:]), dtype=local.dtype, device=local.device)
         pad[: local.shape[0]] = local
-        parts = [torch.empty_like(pad) for _ in range(self.world)]
-        dist.all_gather(parts, pad)
+        parts = self.all_gather_cat(pad.unsqueeze(0))
         full = torch.empty((n,) + tuple(local.shape[1:]), dtype=local.dtype, device=local.device)
         for r, part in enumerate(parts):
             rows = torch.arange(min(r, n), n, self.world, device=local.device)

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .config import GlannConfig
 from .data import Dataset
+from .devices import to_device_async
 from .glo import build_generator
 from .images import save_grid, to_model, to_unit
 from .nets import Discriminator, Generator, MLPDiscriminator
@@ -86,7 +87,7 @@ def generator_loss(loss: str, d_fake: torch.Tensor) -> torch.Tensor:
 
 def gradient_penalty(D: Discriminator, real: torch.Tensor, fake: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
     """WGAN-GP: E[(||grad D(x_hat)|| - 1)^2] on random interpolates of real and fake (one norm per decision)."""
-    alpha = torch.rand(real.shape[0], *[1] * (real.ndim - 1), generator=rng).to(real.device)
+    alpha = to_device_async(torch.rand(real.shape[0], *[1] * (real.ndim - 1), generator=rng), real.device)
     x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
     (grad,) = torch.autograd.grad(D(x_hat).sum(), x_hat, create_graph=True)
     norms = grad.reshape(real.shape[0] // D.pack, -1).norm(dim=1)
@@ -185,7 +186,7 @@ def train_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GAN
         bar = tqdm(range(steps), desc=f"GAN epoch {epoch}", unit="batch", leave=False)
         for step in bar:
             real = to_model(data.images[perm[step * batch:(step + 1) * batch]])
-            z = torch.randn(batch, cfg.model.nz, generator=rng).to(device)
+            z = to_device_async(torch.randn(batch, cfg.model.nz, generator=rng), device)
             with torch.no_grad():
                 fake = G(z)
             # -- discriminator step
@@ -206,7 +207,7 @@ def train_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GAN
             n_d += 1
             # -- generator step, every n_critic discriminator steps
             if (step + 1) % gc.n_critic == 0:
-                z = torch.randn(batch, cfg.model.nz, generator=rng).to(device)
+                z = to_device_async(torch.randn(batch, cfg.model.nz, generator=rng), device)
                 d_fake, f_fake = D(G(z), return_features=True)
                 loss_g = generator_loss(gc.loss, d_fake)
                 if gc.feature_matching > 0:

@@ -17,6 +17,7 @@ from .images import save_grid, to_unit
 from .knn import nearest
 from .nets import Generator, Mapper
 from .distributed import current as current_dist
+from .errors import TrainingError
 from .runs import CHECK_EVERY, Budget, LossTracker, Run
 
 SAMPLE_BATCH = 16384  # mapped samples per no-grad forward when drawing the candidate pool
@@ -36,7 +37,10 @@ def build_mapper(cfg: GlannConfig) -> Mapper:
 
 @torch.no_grad()
 def map_noise(mapper: Mapper, noise: torch.Tensor) -> torch.Tensor:
-    return torch.cat([mapper(chunk) for chunk in noise.split(SAMPLE_BATCH)])
+    """T(noise) in near-equal chunks of at most SAMPLE_BATCH rows. Equal, not SAMPLE_BATCH and a
+    remainder: in train mode batch norm takes each chunk's statistics, and a last chunk of a
+    few rows would get degenerate ones (one row is an error)."""
+    return torch.cat([mapper(chunk) for chunk in noise.tensor_split(-(-len(noise) // SAMPLE_BATCH) or 1)])
 
 
 def draw_pool(mapper: Mapper, m: int, noise_dim: int, rng: torch.Generator,
@@ -97,6 +101,9 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
         if epoch % ic.refresh_every == 0 or match is None:
             # Data -> sample direction (IMLE Alg. 1): every code picks its nearest of m mapped samples.
             noise, samples = draw_pool(T, m, cfg.model.noise_dim, rng, device)
+            if not bool(torch.isfinite(samples).all()):  # one check per refresh; the search needs finite rows
+                raise TrainingError(f"IMLE epoch {epoch}: the mapper's samples are NaN or infinite; lower imle.lr "
+                                    f"and resume from the last checkpoint")
             t_knn = time.perf_counter()
             dist2, idx = nearest(codes, samples, k=1, backend=ic.knn_backend, query_batch=ic.knn_query_batch)
             match = idx[:, 0]

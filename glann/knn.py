@@ -64,6 +64,11 @@ def nearest(queries: torch.Tensor, database: torch.Tensor, k: int = 1, backend: 
                          "must be 2-D with the same number of columns")
     if not 1 <= k <= database.shape[0]:
         raise ValueError(f"k={k} must lie in [1, {database.shape[0]}] (database rows)")
+    # One NaN row would make its whole tile's minimum NaN and hide every row in it: refuse instead.
+    for name, t in (("queries", queries), ("database", database)):
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"k-NN {name} hold NaN or infinite values "
+                             f"({int((~torch.isfinite(t)).any(1).sum())} of {len(t)} rows); search finite rows only")
     # Tile sizes: cache-sized on CPU (2048 x 1024 measured best on 2 cores); on a GPU large tiles
     # (16384^2 floats = 1 GiB) keep the kernels busy, small ones leave it waiting on Python.
     on_gpu = queries.device.type == "cuda"

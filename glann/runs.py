@@ -309,7 +309,10 @@ class Run:
         path = self.checkpoint_path(stage)
         if not path.is_file():
             return 0, {}
-        state = load_checkpoint(path, map_location=device)
+        # Loaded on the CPU: load_state_dict copies weights and moments to their parameters' device,
+        # while Adam's step counts stay host tensors, as in a fresh optimiser. Loaded straight onto
+        # the GPU they would stay there, and Adam reads each one back every step (a wait per tensor).
+        state = load_checkpoint(path, map_location="cpu")
         try:
             for name, obj in objects.items():
                 obj.load_state_dict(state[name])
@@ -322,4 +325,5 @@ class Run:
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {path} does not match this run's config "
                                   f"({str(exc).splitlines()[0]}); delete it to start the {stage} stage again") from exc
-        return int(state["epoch"]) + 1, state.get("extra", {})
+        extra = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in state.get("extra", {}).items()}
+        return int(state["epoch"]) + 1, extra

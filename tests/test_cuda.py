@@ -65,12 +65,13 @@ def _device_waits(fn) -> int:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
-@pytest.mark.parametrize("stage", ["glo", "imle"])
+@pytest.mark.parametrize("stage", ["glo", "imle", "gan"])
 def test_training_steps_never_wait_for_the_gpu(stage, tmp_path):
     """An epoch of 16 steps waits exactly as often as one of 8: the per-step work queues kernels
     and never reads a value back (the loss is read every CHECK_EVERY steps and at the epoch's end)."""
     from glann.config import load_config
     from glann.data import load_dataset
+    from glann.gan import train_gan
     from glann.glo import train_glo
     from glann.imle import train_imle
     from glann.runs import CHECK_EVERY
@@ -81,12 +82,37 @@ def test_training_steps_never_wait_for_the_gpu(stage, tmp_path):
     waits = []
     for steps in (8, 16):
         cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"out_dir={tmp_path}", "device=cuda", "glo.epochs=1",
-                                                           "imle.epochs=1", "glo.batch_size=16", "imle.batch_size=16",
+                                                           "imle.epochs=1", "gan.epochs=1", "glo.batch_size=16",
+                                                           "imle.batch_size=16", "gan.batch_size=16",
                                                            f"data.limit={16 * steps}"])
         data = load_dataset(cfg.data, "cuda", seed=0)
         if stage == "glo":
             waits.append(_device_waits(lambda: train_glo(data, cfg)))
+        elif stage == "gan":
+            waits.append(_device_waits(lambda: train_gan(data, cfg)))
         else:
             codes = torch.nn.functional.normalize(torch.randn(16 * steps, cfg.model.nz, device="cuda"), dim=1)
             waits.append(_device_waits(lambda: train_imle(codes, cfg)))
     assert waits[1] == waits[0], waits
+
+
+def test_resumed_optimisers_keep_their_step_counts_on_the_host(tmp_path):
+    """Adam reads a step count on the GPU back every step; a checkpoint must not put it there."""
+    from glann.config import load_config
+    from glann.runs import Run
+
+    from conftest import ROOT
+
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"out_dir={tmp_path}", "device=cuda"])
+    run = Run.create(cfg)
+    net = torch.nn.Linear(4, 4).cuda()
+    opt = torch.optim.Adam(net.parameters())
+    net(torch.randn(2, 4, device="cuda")).sum().backward()
+    opt.step()
+    run.save_stage("glo", 0, {"net": net, "opt": opt}, torch.Generator(), extra={"x": torch.ones(3, device="cuda")})
+    fresh_net = torch.nn.Linear(4, 4).cuda()
+    fresh = torch.optim.Adam(fresh_net.parameters())
+    start, extra = run.load_stage("glo", {"net": fresh_net, "opt": fresh}, torch.Generator(), torch.device("cuda"))
+    assert start == 1 and extra["x"].is_cuda
+    states = list(fresh.state.values())
+    assert states and all(not s["step"].is_cuda and s["exp_avg"].is_cuda for s in states)

@@ -85,3 +85,13 @@ def test_auto_falls_back_to_torch_without_faiss(monkeypatch):
 def test_knn_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="same number of columns"):
         knn.nearest(torch.randn(3, 4), torch.randn(5, 3))
+
+
+@pytest.mark.parametrize("where", ["queries", "database"])
+def test_non_finite_rows_are_refused_not_silently_hidden(where):
+    # One NaN database row used to make its whole tile's minimum NaN: every row in it was skipped.
+    g = torch.Generator().manual_seed(0)
+    q, x = torch.randn(50, 8, generator=g), torch.randn(3000, 8, generator=g)
+    (q if where == "queries" else x)[7, 3] = float("nan")
+    with pytest.raises(ValueError, match=f"{where} hold NaN or infinite values \\(1 of"):
+        knn.nearest(q, x, backend="torch")

@@ -158,3 +158,30 @@ def test_time_budget_stops_glo_and_imle_and_holds_across_resume(tiny):
     # Resumed, the spent budget is remembered: no further epochs.
     train(cfg, resume=True, run_dir=run_dir)
     assert len([r for r in Run(run_dir, cfg).read_metrics() if r["stage"] == "glo"]) == len(glo)
+
+
+def test_imle_pool_never_leaves_batch_norm_a_one_row_chunk(monkeypatch):
+    import glann.imle as imle
+
+    monkeypatch.setattr(imle, "SAMPLE_BATCH", 8)
+    mapper = imle.Mapper(4, 3, (16,)).train()
+    seen = []
+    mapper.register_forward_hook(lambda mod, inp, out: seen.append(len(inp[0])))
+    out = imle.map_noise(mapper, torch.randn(17, 4))  # split(8) would leave one row: batch norm raises
+    assert out.shape == (17, 3) and seen == [6, 6, 5]
+
+
+def test_imle_refuses_non_finite_samples_with_a_training_error(tiny, monkeypatch):
+    import glann.imle as imle
+
+    cfg = tiny("imle.epochs=1")
+    codes = torch.nn.functional.normalize(torch.randn(64, cfg.model.nz), dim=1)
+    real_draw = imle.draw_pool
+
+    def diverged(*args):
+        noise, samples = real_draw(*args)
+        return noise, samples * float("nan")
+
+    monkeypatch.setattr(imle, "draw_pool", diverged)
+    with pytest.raises(TrainingError, match="IMLE epoch 0: the mapper's samples are NaN"):
+        imle.train_imle(codes, cfg)
