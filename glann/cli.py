@@ -21,7 +21,7 @@ def _train(args: argparse.Namespace) -> int:
         raise SystemExit("glann train: give a config file (e.g. configs/fashion_mnist.yaml), "
                          "or --resume --run-dir RUN to continue a run")
     cfg = load_config(config, overrides)
-    path = train(cfg, resume=args.resume, run_dir=args.run_dir)
+    path = train(cfg, resume=args.resume, run_dir=args.run_dir, overrides=overrides if args.resume else ())
     print(f"run directory: {path}\nsamples: {path / 'samples.png'}")
     return 0
 

@@ -1,8 +1,9 @@
 """The whole GLANN pipeline: data -> GLO -> IMLE -> exported sampler, in one run directory."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -18,13 +19,17 @@ from .runs import Run
 from .sampler import Sampler, export_model
 
 
-def train(cfg: GlannConfig, resume: bool = False, run_dir: Optional[Union[str, Path]] = None) -> Path:
+def train(cfg: GlannConfig, resume: bool = False, run_dir: Optional[Union[str, Path]] = None,
+          overrides: Sequence[str] = ()) -> Path:
     """Train GLO then IMLE (method gan: the GAN baseline), export the sampler and write
     `samples.png`; returns the run directory.
 
-    run_dir defaults to cfg.out_dir/cfg.name. With resume=True the run's own config.yaml is used
-    and each stage continues from its last checkpoint.
+    run_dir defaults to cfg.out_dir/cfg.name. With resume=True the run's own config.yaml is used,
+    with `overrides` (`key=value`, e.g. glo.epochs=300) on top, and each stage continues from its
+    last checkpoint.
     """
+    if resume:  # the config the run goes on with decides the device and the checks below
+        cfg = Run(Path(run_dir) if run_dir else Path(cfg.out_dir) / cfg.name, cfg).saved_config(overrides) or cfg
     device = resolve_device(cfg.device)
     d = init_from_env(device)  # under torchrun: join the group; rank 0 alone writes
     if d.active and device.type == "cuda":
@@ -35,7 +40,7 @@ def train(cfg: GlannConfig, resume: bool = False, run_dir: Optional[Union[str, P
     if d.active and cfg.skip_nonfinite:
         raise ConfigError("skip_nonfinite=true skips a batch on one rank while the others step, which "
                           "desynchronises torchrun ranks; leave it false under torchrun")
-    run = Run.create(cfg, Path(run_dir) if run_dir else None, resume=resume)
+    run = Run.create(cfg, Path(run_dir) if run_dir else None, resume=resume, overrides=overrides)
     cfg = run.cfg
     try:
         data = load_dataset(cfg.data, device, seed=cfg.seed)
@@ -43,6 +48,14 @@ def train(cfg: GlannConfig, resume: bool = False, run_dir: Optional[Union[str, P
             generator, mapper = train_gan(data, cfg, run).generator, None
         else:
             glo = train_glo(data, cfg, run)
+            stale = run.checkpoint_path("imle")
+            if glo.losses and stale.is_file():  # GLO trained on (a resume with more epochs): new codes
+                d.barrier()  # every rank has seen the checkpoint before rank 0 moves it
+                if run.is_main:
+                    stale.replace(stale.with_suffix(".pt.stale"))
+                    print(f"glann: GLO trained further, so IMLE starts again on the new codes "
+                          f"(its old checkpoint kept as {stale.name}.stale)", file=sys.stderr)
+                d.barrier()
             generator, mapper = glo.generator, train_imle(glo.codes, cfg, run, generator=glo.generator).mapper
         if run.is_main:
             export_model(run, generator, mapper)

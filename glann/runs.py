@@ -14,16 +14,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from .config import GlannConfig, config_from_dict, to_yaml
+from .config import GlannConfig, config_from_dict, load_config, to_yaml
 from .distributed import current as current_dist
 from .errors import CheckpointError, TrainingError
 
@@ -170,18 +171,20 @@ class Run:
 
     # ------------------------------------------------------------------ creation
     @classmethod
-    def create(cls, cfg: GlannConfig, path: Optional[Path] = None, resume: bool = False) -> "Run":
+    def create(cls, cfg: GlannConfig, path: Optional[Path] = None, resume: bool = False,
+               overrides: Sequence[str] = ()) -> "Run":
         """Open a run directory for training and take its lock (released by close() or process exit).
 
-        resume=True continues the run there with its own saved config; a run that was stopped
-        before its first checkpoint starts again from scratch.
+        resume=True continues the run there with its own saved config, and `overrides` on top
+        (e.g. glo.epochs=300 to train on; they are written to its config.yaml); a run that was
+        stopped before its first checkpoint starts again from scratch.
         """
         path = Path(path) if path else Path(cfg.out_dir) / cfg.name
         d = current_dist()
         if not d.is_main:  # rank 0 checks, locks and writes; the others follow once it has
             d.barrier()
             run = cls(path, cfg)
-            saved = run.saved_config() if resume else None
+            saved = run.saved_config() if resume else None  # rank 0 has written the overrides into it
             run.cfg = saved or cfg
             return run
         has_ckpt = (path / "checkpoints").is_dir() and any((path / "checkpoints").glob("*.pt"))
@@ -197,9 +200,12 @@ class Run:
         for stale in path.rglob(".*.tmp"):  # temp files of writes a kill interrupted
             stale.unlink(missing_ok=True)
         if resume:
-            saved = run.saved_config()
+            saved = run.saved_config(overrides)
             if saved is not None:
-                run.cfg = saved  # the run's own config wins over the command line on resume
+                run.cfg = saved  # the run's own config wins over the command line's file on resume
+                if overrides:
+                    atomic_write(path / "config.yaml", lambda tmp: Path(tmp).write_text(to_yaml(saved)))
+                    print(f"glann: resuming {path} with its config.yaml and {' '.join(overrides)}", file=sys.stderr)
         else:
             atomic_write(path / "config.yaml", lambda tmp: Path(tmp).write_text(to_yaml(cfg)))
         d.barrier()
@@ -230,10 +236,13 @@ class Run:
         f.flush()
         self._lock = f
 
-    def saved_config(self) -> Optional[GlannConfig]:
+    def saved_config(self, overrides: Sequence[str] = ()) -> Optional[GlannConfig]:
+        """The run's config.yaml (None when it has none), with `key=value` overrides on top."""
         f = self.path / "config.yaml"
         if not f.is_file():
             return None
+        if overrides:
+            return load_config(f, overrides)
         return config_from_dict(OmegaConf.to_container(OmegaConf.load(f)))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ paths

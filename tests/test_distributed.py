@@ -99,3 +99,23 @@ def test_two_process_training_runs_and_only_rank_0_writes(tmp_path):
     from glann import Sampler
 
     assert Sampler.from_pretrained(run, "cpu").sample(4, seed=0).shape == (4, 1, 28, 28)
+
+
+def _resume_default_cfg(rank, out_dir):
+    from glann import load_config, train
+    from glann.errors import ConfigError
+
+    try:  # what `torchrun ... glann train --resume --run-dir RUN` builds: a default config
+        train(load_config(), resume=True, run_dir=os.path.join(out_dir, "tiny"))
+    except ConfigError as exc:
+        with open(os.path.join(out_dir, f"refused{rank}"), "w") as f:
+            f.write(str(exc))
+
+
+def test_torchrun_resume_checks_the_runs_saved_config(tmp_path):
+    from glann import load_config
+    from glann.runs import Run
+
+    Run.create(load_config(ROOT / "configs" / "tiny.yaml", [f"out_dir={tmp_path}", "skip_nonfinite=true"])).close()
+    _spawn(_resume_default_cfg, str(tmp_path))
+    assert all("skip_nonfinite" in (tmp_path / f"refused{r}").read_text() for r in range(2))

@@ -167,3 +167,21 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp file left behind
+
+
+def test_resume_with_overrides_trains_on_and_records_them(tmp_path, capsys):
+    import json
+
+    from glann.config import load_config
+
+    tiny = str(ROOT / "configs" / "tiny.yaml")
+    assert main(["train", tiny, f"out_dir={tmp_path}", "glo.epochs=1", "imle.epochs=1"]) == 0
+    run = tmp_path / "tiny"
+    # Lengthen the run from the command line; the file's other keys stay those saved with the run.
+    assert main(["train", "--resume", "--run-dir", str(run), "glo.epochs=2", "imle.epochs=2"]) == 0
+    assert "resuming" in capsys.readouterr().err
+    steps = [(r["stage"], r["step"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+    assert steps == [("glo", 0), ("imle", 0), ("glo", 1), ("imle", 0), ("imle", 1)]  # IMLE again: new codes
+    assert (run / "checkpoints" / "imle.pt.stale").is_file()
+    saved = load_config(run / "config.yaml")
+    assert (saved.glo.epochs, saved.imle.epochs, saved.out_dir) == (2, 2, str(tmp_path))
