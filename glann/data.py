@@ -84,6 +84,9 @@ def load_dataset(cfg: DataConfig, device: torch.device | str = "cpu", seed: int 
     else:  # config validation already refuses this
         raise DataError(f"unknown data.source '{cfg.source}'")
 
+    if labels is not None and labels.shape[0] != images.shape[0]:  # before `limit` cuts both to size
+        raise DataError(f"{labels.shape[0]} labels for {images.shape[0]} images in '{cfg.source}'; "
+                        "the label and image files do not belong together")
     if cfg.stack == 3:
         images, labels = stack_channels(images, labels, cfg.limit or len(images), seed=0 if cfg.split == "train" else 1,
                                         where=cfg.source)
@@ -93,9 +96,6 @@ def load_dataset(cfg: DataConfig, device: torch.device | str = "cpu", seed: int 
     if images.shape[0] == 0:
         raise DataError(f"data source '{cfg.source}' holds no images")
     images = _fit(images, cfg)
-    if labels is not None and labels.shape[0] != images.shape[0]:
-        raise DataError(f"{labels.shape[0]} labels for {images.shape[0]} images in '{cfg.source}'; "
-                        "the label and image files do not belong together")
     return Dataset(images.contiguous().to(device), labels.to(device) if labels is not None else None, cfg.source)
 
 
@@ -313,6 +313,9 @@ def array_to_images(arr: np.ndarray, where: str = "array") -> torch.Tensor:
     """N x H x W, N x H x W x C or N x C x H x W; uint8 or float in [0, 1] -> uint8 N x C x H x W."""
     if arr.ndim == 3:
         arr = arr[:, None]
+    elif arr.ndim == 4 and arr.shape[-1] == 4 and arr.shape[1] not in (1, 3, 4):
+        raise DataError(f"{where}: images of shape {arr.shape} have 4 channels (RGBA?); glann takes grey or RGB: "
+                        f"save arr[..., :3]")
     elif arr.ndim == 4 and arr.shape[-1] in (1, 3) and arr.shape[1] not in (1, 3):
         arr = arr.transpose(0, 3, 1, 2)
     if arr.ndim != 4:

@@ -137,10 +137,18 @@ class Sampler:
         if images.ndim != len(want) + 1 or tuple(images.shape[1:]) != want:
             raise DataError(f"inputs of shape {tuple(images.shape)} do not fit this model, which takes "
                             f"N x {' x '.join(map(str, want))}")
+        if not images.is_floating_point() and images.dtype != torch.uint8:
+            raise DataError(f"inputs of dtype {images.dtype}: pass uint8 images in [0, 255] or floats in [0, 1]")
+        if images.is_floating_point() and not bool(torch.isfinite(images).all()):
+            raise DataError("inputs hold NaN or infinite values; pass finite images")
         if len(want) == 1:  # vector data: no image range
             return images.float().to(self.device)
         if images.dtype == torch.uint8:
             return to_model(images.to(self.device))
+        lo, hi = float(images.min()), float(images.max())
+        if lo < 0 or hi > 1:
+            raise DataError(f"float images must lie in [0, 1], got [{lo:.3g}, {hi:.3g}]; "
+                            f"divide 0-255 values by 255, or pass them as uint8")
         return images.float().to(self.device) * 2.0 - 1.0
 
     @staticmethod

@@ -113,6 +113,16 @@ def test_unsupported_size_and_channels_are_refused(tmp_path):
     np.save(tmp_path / "c4.npy", np.zeros((3, 4, 32, 32), np.uint8))
     with pytest.raises(DataError, match="4 channels"):
         load_dataset(DataConfig(source="array", path=str(tmp_path / "c4.npy")))
+    np.save(tmp_path / "rgba.npy", np.zeros((3, 32, 32, 4), np.uint8))  # channels last, with alpha
+    with pytest.raises(DataError, match="4 channels \\(RGBA\\?\\).*arr\\[..., :3\\]"):
+        load_dataset(DataConfig(source="array", path=str(tmp_path / "rgba.npy"), image_size=32))
+
+
+def test_label_count_is_checked_before_limit_cuts_both(tmp_path):
+    np.savez(tmp_path / "a.npz", images=np.zeros((100, 28, 28), np.uint8), labels=np.arange(50))
+    for limit in (None, 40):  # with limit=40 both used to be cut to 40 and pass
+        with pytest.raises(DataError, match="50 labels for 100 images"):
+            load_dataset(DataConfig(source="array", path=str(tmp_path / "a.npz"), limit=limit))
 
 
 def test_size_and_channel_conversion(tmp_path):

@@ -66,6 +66,10 @@ def test_reconstruct_refuses_the_wrong_shape(trained_run):
     s = Sampler.from_pretrained(trained_run, device="cpu")
     with pytest.raises(DataError, match="N x 1 x 28 x 28"):
         s.reconstruct(torch.zeros(2, 3, 32, 32))
+    with pytest.raises(DataError, match="float images must lie in \\[0, 1\\], got \\[0, 255\\]"):
+        s.reconstruct(torch.linspace(0, 255, 2 * 28 * 28).view(2, 1, 28, 28))  # 0-255 floats: a likely slip
+    with pytest.raises(DataError, match="NaN"):
+        s.reconstruct(torch.full((2, 1, 28, 28), float("nan")))
 
 
 def test_cli_train_then_sample_end_to_end(tmp_path):
