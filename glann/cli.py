@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -32,6 +34,12 @@ def _sample(args: argparse.Namespace) -> int:
 
     if args.num < 1:
         raise SystemExit(f"glann sample: -n must be at least 1, got {args.num}")
+    if args.out_dir and (args.output or args.format == "npz"):
+        raise SystemExit("glann sample: --out-dir writes one PNG per sample; -o / --format npz write one file: "
+                         "give one of them")
+    if args.out_dir and Path(args.out_dir).is_dir() and any(Path(args.out_dir).glob("[0-9][0-9][0-9][0-9][0-9][0-9].png")):
+        raise SystemExit(f"glann sample: {args.out_dir} already holds sample PNGs (000000.png ...); "
+                         f"a new set would mix with them: choose an empty --out-dir")
     if args.output and Path(args.output).suffix.lower() == ".npz":
         args.format = "npz"  # the file name says what is wanted
     elif args.format == "npz" and args.output:
@@ -43,6 +51,7 @@ def _sample(args: argparse.Namespace) -> int:
     if vector and args.out_dir and args.format != "npz":
         raise SystemExit("glann sample: this run makes 2-D points, not images; use --format npz, "
                          "or -o FILE.png for a scatter plot")
+    _check_memory(args.num * math.prod(sampler.generator.out_shape) * 4, f"-n {args.num} samples")
     images = sampler.sample(args.num, seed=args.seed)
     if args.format == "npz":
         out = Path(args.output or "samples.npz")
@@ -68,9 +77,24 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_memory(nbytes: int, what: str) -> None:
+    """Refuse, before allocating, what would not fit in the memory this machine has free."""
+    try:
+        free = next(int(line.split()[1]) * 1024 for line in open("/proc/meminfo") if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):  # not Linux: no cheap way to know, let it try
+        return
+    if nbytes > 0.8 * free:
+        raise SystemExit(f"glann: {what} need about {nbytes / 2**30:.1f} GiB and {free / 2**30:.1f} GiB is free; "
+                         f"draw fewer at a time (a different --seed for each part)")
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_images, evaluate_run, format_table
 
+    if args.num_samples < 2:
+        raise SystemExit(f"glann evaluate: --num-samples must be at least 2, got {args.num_samples}")
+    if args.recon_images < 0:
+        raise SystemExit(f"glann evaluate: --recon-images must be >= 0 (0 skips it), got {args.recon_images}")
     if (args.run is None) == (args.images is None):
         raise SystemExit("glann evaluate: give a run directory (glann evaluate runs/NAME) "
                          "or --images DIR_OR_NPZ --dataset NAME, not both")
@@ -99,6 +123,8 @@ def _compare(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from .report import write_report
 
+    if args.num_samples < 2:
+        raise SystemExit(f"glann report: --num-samples must be at least 2, got {args.num_samples}")
     out = write_report(args.runs, args.out_dir, features=args.features, num_samples=args.num_samples)
     print(f"report: {out / 'report.md'} and {out / 'report.html'}")
     return 0
@@ -155,17 +181,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+INTERRUPTED = {
+    "train": "the last checkpoint is intact; continue with glann train --resume",
+    "compare": "finished runs are kept; run the same glann compare again to resume the rest",
+}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from .errors import GlannError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides placed after an option (`train cfg.yaml --resume glo.epochs=5`)
+        if args.command in ("train", "compare") and all("=" in x and not x.startswith("-") for x in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except GlannError as exc:
         print(f"glann: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path that cannot be written or read: name it, no traceback
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"glann: error: cannot use{where}: {exc.strerror or exc}; check the path and its permissions",
+              file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as exc:  # torch reports a failed allocation as a RuntimeError
+        if not isinstance(exc, MemoryError) and not re.search(r"out of memory|can't allocate memory", str(exc)):
+            raise
+        print("glann: error: out of memory; use smaller numbers (-n, --num-samples, data.limit, batch sizes)",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("glann: interrupted; the last checkpoint is intact, continue with --resume", file=sys.stderr)
+        hint = INTERRUPTED.get(args.command)
+        print("glann: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 130
 
 

@@ -54,12 +54,21 @@ def load_compare_config(path: Union[str, Path], overrides: List[str] = ()) -> Co
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"compare config {path} not found; pass a file such as configs/compare_fashion_mnist.yaml")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. seeds=[0])")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(CompareConfig), OmegaConf.load(path),
-                                 OmegaConf.from_dotlist(list(overrides)))
+        loaded = OmegaConf.load(path)
+    except Exception as exc:  # yaml.YAMLError and friends
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(CompareConfig), loaded, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
         raise ConfigError(f"{path}: bad compare key '{key}': {str(exc).splitlines()[0]}") from exc
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:  # e.g. a top-level list, not a mapping
+        raise ConfigError(f"{path}: cannot be read as a compare config ({str(exc).splitlines()[0]}); "
+                          f"it must be a mapping such as configs/compare_fashion_mnist.yaml") from exc
     cfg: CompareConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     if not cfg.methods:
         raise ConfigError(f"{path}: lists no methods; add methods: {{name: {{config: configs/...yaml}}}}")
@@ -105,12 +114,15 @@ def compare(config: Union[str, Path, CompareConfig], overrides: List[str] = (),
             if (run_dir / MODEL_FILE).is_file():
                 continue  # finished earlier
             resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("*.pt"))
+            timing = run_dir / TIMING_FILE
+            before = json.loads(timing.read_text()).get("train_seconds", 0.0) if resume and timing.is_file() else 0.0
             t0 = time.perf_counter()
-            train(cfg, resume=resume, run_dir=run_dir)
-            seconds = time.perf_counter() - t0
-            if resume and (run_dir / TIMING_FILE).is_file():  # add the time spent before the stop
-                seconds += json.loads((run_dir / TIMING_FILE).read_text()).get("train_seconds", 0.0)
-            atomic_write(run_dir / TIMING_FILE, lambda tmp: Path(tmp).write_text(json.dumps({"train_seconds": seconds})))
+            try:
+                train(cfg, resume=resume, run_dir=run_dir)
+            finally:  # written on an interrupt too, so a resumed run's total counts the time before the stop
+                seconds = before + time.perf_counter() - t0
+                if run_dir.is_dir():
+                    atomic_write(timing, lambda tmp: Path(tmp).write_text(json.dumps({"train_seconds": seconds})))
     return write_report(run_dirs, root, features=cc.features, num_samples=cc.num_samples, metrics_fn=metrics_fn,
                         title=f"{cc.name}: {len(cc.methods)} methods x {len(cc.seeds)} seeds",
                         budget=_budget_text(cc))

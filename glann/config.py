@@ -6,6 +6,7 @@ type checking; this module turns its exceptions into a one-line `ConfigError`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Union
@@ -177,11 +178,14 @@ def load_config(path: Union[str, Path, None] = None, overrides: Sequence[str] = 
 
     Raises ConfigError naming the key for an unknown key, a wrong type or a bad value.
     """
+    if isinstance(overrides, str):  # load_config(path, "glo.epochs=1"): would be read letter by letter
+        raise ConfigError(f"overrides must be a list of key=value strings, e.g. ['{overrides}']")
     merged = OmegaConf.structured(GlannConfig)
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file {path} not found; pass a YAML file such as configs/fashion_mnist.yaml")
+            what = "is a directory" if path.is_dir() else "not found"
+            raise ConfigError(f"config file {path} {what}; pass a YAML file such as configs/fashion_mnist.yaml")
         try:
             loaded = OmegaConf.load(path)
         except Exception as exc:  # yaml.YAMLError and friends
@@ -239,9 +243,27 @@ def validate(cfg: GlannConfig) -> None:
         (cfg.imle.samples_per_point > 0, "imle.samples_per_point must be positive"),
         *[(s is None or s > 0, f"{name}.max_seconds must be positive (or null: no time budget), got {s}")
           for name, s in (("glo", cfg.glo.max_seconds), ("imle", cfg.imle.max_seconds), ("gan", cfg.gan.max_seconds))],
-        (cfg.glo.epochs >= 0 and cfg.imle.epochs >= 0, "epochs must be >= 0"),
-        (cfg.glo.batch_size > 0 and cfg.imle.batch_size > 0, "batch sizes must be positive"),
+        (cfg.glo.epochs >= 0, f"glo.epochs must be >= 0, got {cfg.glo.epochs}"),
+        (cfg.imle.epochs >= 0, f"imle.epochs must be >= 0, got {cfg.imle.epochs}"),
+        (cfg.glo.batch_size > 0 and cfg.imle.batch_size > 0, "glo.batch_size and imle.batch_size must be positive"),
         (cfg.model.nz > 0 and cfg.model.noise_dim > 0, "model.nz and model.noise_dim must be positive"),
+        *[(v > 0, f"model.{k} must be positive, got {v}")
+          for k, v in (("ngf", cfg.model.ngf), ("fc_dim", cfg.model.fc_dim))],
+        (len(cfg.model.mapper_hidden) > 0 and min(cfg.model.mapper_hidden) > 0,
+         "model.mapper_hidden needs at least one layer, each of positive width"),
+        (cfg.grid_size >= 1, f"grid_size must be >= 1, got {cfg.grid_size}"),
+        *[(math.isfinite(v) and v > 0, f"{k} must be a positive learning rate, got {v}")
+          for k, v in (("glo.lr_codes", cfg.glo.lr_codes), ("glo.lr_generator", cfg.glo.lr_generator),
+                       ("imle.lr", cfg.imle.lr), ("gan.lr_generator", cfg.gan.lr_generator),
+                       ("gan.lr_discriminator", cfg.gan.lr_discriminator))],
+        *[(0.0 <= v < 1.0, f"{k} must be in [0, 1), got {v}")
+          for k, v in (("glo.beta1", cfg.glo.beta1), ("glo.beta2", cfg.glo.beta2), ("imle.beta1", cfg.imle.beta1),
+                       ("imle.beta2", cfg.imle.beta2), ("gan.beta1", cfg.gan.beta1), ("gan.beta2", cfg.gan.beta2))],
+        *[(every >= 1 and 0 < rate <= 1, f"{k}.decay_every must be >= 1 and {k}.decay_rate in (0, 1], "
+                                         f"got {every} and {rate}")
+          for k, every, rate in (("glo", cfg.glo.decay_every, cfg.glo.decay_rate),
+                                 ("imle", cfg.imle.decay_every, cfg.imle.decay_rate))],
+        (cfg.imle.weight_decay >= 0, f"imle.weight_decay must be >= 0, got {cfg.imle.weight_decay}"),
         (cfg.imle.refresh_every >= 1 and cfg.checkpoint_every >= 1 and cfg.sample_every >= 1,
          "imle.refresh_every, checkpoint_every and sample_every must be >= 1"),
         (cfg.method in METHODS, f"method must be one of {METHODS}, got '{cfg.method}'"),

@@ -65,6 +65,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GLANN_CACHE", Path.home() / ".cache" / "glann"))
 
 
+def offline() -> bool:
+    """$GLANN_OFFLINE set to anything but empty, 0, false, no or off: glann downloads nothing
+    (datasets, VGG16 weights) and says where to put the files instead."""
+    return os.environ.get("GLANN_OFFLINE", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def load_dataset(cfg: DataConfig, device: torch.device | str = "cpu", seed: int = 0) -> Dataset:
     """Load the configured source, apply limit/size/channels, move to `device`."""
     if cfg.source in _IDX_NAMES:
@@ -81,8 +87,10 @@ def load_dataset(cfg: DataConfig, device: torch.device | str = "cpu", seed: int 
         # A fixed draw per split (not per training seed), so every run of a comparison sees the same points.
         points, labels = make_mixture(cfg.source, cfg.limit or MIXTURE_POINTS, seed=0 if cfg.split == "train" else 1)
         return Dataset(points.to(device), labels.to(device), cfg.source)
-    else:  # config validation already refuses this
-        raise DataError(f"unknown data.source '{cfg.source}'")
+    else:  # config validation refuses this; evaluate --dataset NAME comes here directly
+        from .config import DATA_SOURCES
+
+        raise DataError(f"unknown data.source '{cfg.source}'; use one of {', '.join(DATA_SOURCES)}")
 
     if labels is not None and labels.shape[0] != images.shape[0]:  # before `limit` cuts both to size
         raise DataError(f"{labels.shape[0]} labels for {images.shape[0]} images in '{cfg.source}'; "
@@ -165,8 +173,8 @@ def _find_idx(directory: Path, stem: str) -> Optional[Path]:
 def _idx_search_dirs(cfg: DataConfig) -> list[Path]:
     debian_name, tv_name = _IDX_NAMES[cfg.source]
     dirs = []
-    if cfg.path:
-        dirs += [Path(cfg.path), Path(cfg.path) / tv_name / "raw"]
+    if cfg.path:  # an explicit path is used or refused, never quietly replaced by another copy
+        return [Path(cfg.path), Path(cfg.path) / tv_name / "raw"]
     if os.environ.get("GLANN_DATA"):
         root = Path(os.environ["GLANN_DATA"])
         dirs += [root / debian_name, root / cfg.source, root / tv_name / "raw", root]
@@ -178,14 +186,18 @@ def _load_idx_dataset(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
     img_stem, lbl_stem = _IDX_FILES[cfg.split]
     dirs = _idx_search_dirs(cfg)
     found = next((d for d in dirs if _find_idx(d, img_stem)), None)
-    if found is None and cfg.download and not cfg.path:
+    if found is None and cfg.download and not cfg.path and not offline():
         found = _download_idx(cfg)
+    if found is None and cfg.path:
+        raise DataError(f"{cfg.source} ({img_stem}) not found in data.path={cfg.path} (nor its "
+                        f"{dirs[1].relative_to(cfg.path)}); point data.path at the folder holding the IDX files, "
+                        f"or drop data.path to use the installed copy")
     if found is None:
         debian_name, _ = _IDX_NAMES[cfg.source]
         raise DataError(
             f"{cfg.source} ({img_stem}) not found in {', '.join(str(d) for d in dirs)}; get it with "
             f"`apt-get install dataset-{debian_name}`, set data.path or $GLANN_DATA to a folder holding the "
-            f"IDX files, or allow the download with data.download=true")
+            f"IDX files, or allow the download with data.download=true (and GLANN_OFFLINE unset)")
     images = read_idx(_find_idx(found, img_stem))  # type: ignore[arg-type]
     if images.ndim != 3:
         raise DataError(f"{found / img_stem}: expected N x H x W images, got shape {images.shape}")
@@ -214,7 +226,7 @@ def _load_cifar10(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
     root = Path(cfg.path) if cfg.path else Path(os.environ.get("GLANN_DATA", cache_dir() / "data"))
     try:
-        ds = tvd.CIFAR10(str(root), train=cfg.split == "train", download=cfg.download)
+        ds = tvd.CIFAR10(str(root), train=cfg.split == "train", download=cfg.download and not offline())
     except RuntimeError as exc:
         raise DataError(f"CIFAR-10 not found under {root} ({exc}); set data.path to the folder holding "
                         f"cifar-10-batches-py, or allow the download with data.download=true") from exc
@@ -233,7 +245,8 @@ def _load_folder(cfg: DataConfig) -> torch.Tensor:
         raise DataError("data.source=folder needs data.path=DIR, a folder of images")
     root = Path(cfg.path)
     if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist; set data.path to a folder of images")
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DataError(f"image folder {root} {what}; set data.path to a folder of images")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if cfg.limit is not None:
         files = files[: cfg.limit]

@@ -16,8 +16,12 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError as exc:
         raise ConfigError(f"device '{name}' is not a torch device; use auto, cpu, cuda or cuda:N") from exc
+    if device.type not in ("cpu", "cuda"):  # mps, xla, ...: glann's kernels and tests cover CPU and CUDA
+        raise ConfigError(f"device '{name}' is not supported; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' asked for but no CUDA GPU is visible; use device=cpu or device=auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device '{name}': this machine has {torch.cuda.device_count()} CUDA GPU(s) (cuda:0 ...)")
     return device
 
 

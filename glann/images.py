@@ -32,6 +32,10 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
     """Write float images in [0, 1] (N x C x H x W) as one PNG grid; returns the path.
     Vectors (N x D) are drawn as a scatter plot of their first two coordinates."""
     path = Path(path)
+    if path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise ValueError(f"save_grid writes .png or .jpg files, got '{path.name}'")
+    if len(images) == 0:
+        raise ValueError("save_grid got no images")
     path.parent.mkdir(parents=True, exist_ok=True)
     if images.ndim == 2:
         return save_scatter(images, path)

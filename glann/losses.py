@@ -7,13 +7,13 @@ file goes.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .data import offline
 from .errors import ConfigError, WeightsError
 
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
@@ -82,9 +82,10 @@ def _require_vgg16_weights() -> None:
         return
     fix = (f"put vgg16-397923af.pth ({VGG16_URL}) at {path} (or set $TORCH_HOME), "
            f"or train with glo.loss=lap1, which needs no weights")
-    if os.environ.get("GLANN_OFFLINE"):
+    if offline():
         raise WeightsError(f"ImageNet VGG16 weights not found and GLANN_OFFLINE is set: {fix}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # torch writes <path>.<hex>.partial there first
         torch.hub.download_url_to_file(VGG16_URL, str(path), progress=True)
     except Exception as exc:
         raise WeightsError(f"ImageNet VGG16 weights not found and the download failed ({exc}): {fix}") from exc

@@ -7,7 +7,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .config import GlannConfig
+from .config import GlannConfig, load_config
 from .distributed import init_from_env
 from .errors import ConfigError
 from .data import load_dataset
@@ -19,15 +19,19 @@ from .runs import Run
 from .sampler import Sampler, export_model
 
 
-def train(cfg: GlannConfig, resume: bool = False, run_dir: Optional[Union[str, Path]] = None,
+def train(cfg: Union[GlannConfig, str, Path], resume: bool = False, run_dir: Optional[Union[str, Path]] = None,
           overrides: Sequence[str] = ()) -> Path:
     """Train GLO then IMLE (method gan: the GAN baseline), export the sampler and write
     `samples.png`; returns the run directory.
 
     run_dir defaults to cfg.out_dir/cfg.name. With resume=True the run's own config.yaml is used,
     with `overrides` (`key=value`, e.g. glo.epochs=300) on top, and each stage continues from its
-    last checkpoint.
+    last checkpoint. `cfg` may be a YAML path (then `overrides` apply to it as well).
     """
+    if isinstance(cfg, (str, Path)):
+        cfg = load_config(cfg, overrides)
+    elif not isinstance(cfg, GlannConfig):
+        raise ConfigError(f"train takes a GlannConfig (load_config(...)) or a YAML path, got {type(cfg).__name__}")
     if resume:  # the config the run goes on with decides the device and the checks below
         cfg = Run(Path(run_dir) if run_dir else Path(cfg.out_dir) / cfg.name, cfg).saved_config(overrides) or cfg
     device = resolve_device(cfg.device)

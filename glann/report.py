@@ -82,7 +82,13 @@ def evaluation_metrics(run_dir: Path, features: str, num_samples: int) -> dict[s
     except ImportError as exc:
         raise ConfigError(f"features={features} needs the evaluation suite (glann.evaluate), which this install "
                           f"lacks ({exc}); use features=basic for pixel statistics") from exc
-    return evaluate_run(run_dir, features=features, num_samples=num_samples, recon_images=0, device="cpu")["metrics"]
+    from .evaluate.suite import HELD_OUT_SOURCES
+
+    cfg = Run(run_dir, None).saved_config()  # type: ignore[arg-type]
+    # Against the test split where the dataset has one, else its training data (folders, arrays, shapes).
+    against = "test" if cfg is None or cfg.data.source in HELD_OUT_SOURCES else "train"
+    return evaluate_run(run_dir, features=features, num_samples=num_samples, against=against, recon_images=0,
+                        device="cpu")["metrics"]
 
 
 def default_metrics(features: str = "domain", num_samples: int = 10000) -> MetricsFn:
@@ -281,6 +287,11 @@ def write_report(run_dirs: Sequence[Union[str, Path]], out_dir: Union[str, Path]
     """Write report.md, report.html and plots/ for the runs into out_dir; returns out_dir."""
     out_dir = Path(out_dir)
     metrics_fn = metrics_fn or default_metrics(features, num_samples)
+    seen: dict[Path, str] = {}
+    for d in run_dirs:  # one run twice would count as two seeds with a spread of 0
+        if Path(d).resolve() in seen:
+            raise ConfigError(f"run {d} is given twice (as {seen[Path(d).resolve()]} too); list each run once")
+        seen[Path(d).resolve()] = str(d)
     runs = [summarise_run(Path(d), metrics_fn) for d in run_dirs]
     if not runs:
         raise CheckpointError("no runs to report on; pass run directories such as runs/compare/glann_s0")

@@ -243,7 +243,14 @@ class Run:
             return None
         if overrides:
             return load_config(f, overrides)
-        return config_from_dict(OmegaConf.to_container(OmegaConf.load(f)))  # type: ignore[arg-type]
+        try:
+            saved = OmegaConf.to_container(OmegaConf.load(f))
+        except Exception as exc:  # yaml errors: a hand edit gone wrong
+            raise CheckpointError(f"{f} is not valid YAML ({str(exc).splitlines()[0]}); fix it by hand "
+                                  f"or restore it from a copy") from exc
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"{f} does not hold a config (a mapping of keys); fix it or restore it from a copy")
+        return config_from_dict(saved)
 
     # ------------------------------------------------------------------ paths
     def checkpoint_path(self, stage: str) -> Path:

@@ -51,10 +51,16 @@ class Sampler:
     def from_pretrained(cls, path: Union[str, Path], device: Union[str, torch.device] = "auto") -> "Sampler":
         """Load `model.safetensors` + `config.yaml` from a run directory (weights only, no pickle)."""
         path = Path(path)
+        if path.is_file():
+            raise CheckpointError(f"{path} is a file; pass its run directory ({path.parent})")
         if not path.is_dir():
             raise CheckpointError(f"run directory {path} does not exist; train one with `glann train CONFIG`")
         model_file = path / MODEL_FILE
         if not model_file.is_file():
+            if not (path / "config.yaml").is_file():  # not a run at all: perhaps the folder of runs
+                runs = sorted(p.name for p in path.iterdir() if (p / MODEL_FILE).is_file())[:5]
+                hint = f"; runs in it: {', '.join(runs)}" if runs else ""
+                raise CheckpointError(f"{path} is not a run directory (no config.yaml, no {MODEL_FILE}){hint}")
             stage = "its IMLE stage never finished" if (path / "checkpoints").is_dir() else "it holds no trained model"
             raise CheckpointError(f"cannot sample from {path}: {stage} (no {MODEL_FILE}); "
                                   f"finish it with `glann train --resume --run-dir {path}`")
@@ -92,18 +98,26 @@ class Sampler:
     @torch.no_grad()
     def decode(self, z: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
         """Latents (n x nz) -> images, float n x C x H x W in [0, 1] (vector runs: points, float n x D)."""
-        z = z.to(self.device)
+        z = torch.as_tensor(z)
+        if z.ndim != 2 or z.shape[1] != self.generator.nz:
+            raise DataError(f"latents of shape {tuple(z.shape)} do not fit this model, which takes "
+                            f"n x {self.generator.nz} (see Sampler.latents or reconstruct)")
+        z = z.float().to(self.device)
         return torch.cat([to_unit(self.generator(c)) for c in z.split(batch_size)])
 
     def sample(self, n: int, seed: Optional[int] = None, batch_size: int = 1024) -> torch.Tensor:
         """n images, float n x C x H x W in [0, 1] (vector runs: float n x D points); the same seed gives the same."""
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a whole number >= 1, got {n!r}")
         return self.decode(self.latents(n, seed), batch_size)
 
     def interpolate(self, a: torch.Tensor, b: torch.Tensor, steps: int = 8) -> torch.Tensor:
         """Spherical interpolation between latents a and b (nz each): images steps x C x H x W in [0, 1]."""
-        a, b = sphere(a.reshape(1, -1).float().to(self.device)), sphere(b.reshape(1, -1).float().to(self.device))
+        a, b = (torch.as_tensor(v).reshape(1, -1).float().to(self.device) for v in (a, b))
+        if a.shape[1] != self.generator.nz or b.shape[1] != self.generator.nz:
+            raise DataError(f"interpolate takes two latents of {self.generator.nz} values each, "
+                            f"got {a.shape[1]} and {b.shape[1]}")
+        a, b = sphere(a), sphere(b)
         omega = torch.arccos((a * b).sum().clamp(-1 + 1e-7, 1 - 1e-7))
         t = torch.linspace(0, 1, steps, device=self.device).unsqueeze(1)
         z = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
@@ -134,6 +148,7 @@ class Sampler:
     def _check_images(self, images: torch.Tensor) -> torch.Tensor:
         """-> float in [-1, 1] on the device, after checking shape against the model."""
         want = tuple(self.generator.out_shape)
+        images = torch.as_tensor(images)  # numpy arrays too
         if images.ndim != len(want) + 1 or tuple(images.shape[1:]) != want:
             raise DataError(f"inputs of shape {tuple(images.shape)} do not fit this model, which takes "
                             f"N x {' x '.join(map(str, want))}")

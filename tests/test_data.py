@@ -62,6 +62,15 @@ def test_missing_dataset_lists_the_ways_to_get_it(tmp_path, monkeypatch):
         load_dataset(DataConfig(source="fashion_mnist", download=False))
 
 
+def test_an_explicit_data_path_without_the_files_is_refused_not_replaced(tmp_path):
+    # It used to fall back to the installed copy without a word: another dataset than the one asked for.
+    with pytest.raises(DataError, match=f"not found in data.path={tmp_path}"):
+        load_dataset(DataConfig(source="fashion_mnist", path=str(tmp_path)))
+    (tmp_path / "f.png").write_bytes(b"")
+    with pytest.raises(DataError, match="is a file, not a folder"):
+        load_dataset(DataConfig(source="folder", path=str(tmp_path / "f.png")))
+
+
 @pytest.mark.skipif(not (DEBIAN_DIR / "fashion-mnist").is_dir(), reason="Debian dataset-fashion-mnist not installed")
 def test_debian_fashion_mnist_is_found():
     ds = load_dataset(DataConfig(source="fashion_mnist", download=False, split="test", limit=100))

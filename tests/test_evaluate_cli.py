@@ -67,6 +67,25 @@ def test_cli_evaluate_images_from_an_npz(tmp_path, monkeypatch, capsys):
     assert "classes covered" in capsys.readouterr().out
 
 
+def test_cli_evaluate_refuses_images_of_another_shape_than_the_dataset(tmp_path, monkeypatch, capsys):
+    import glann.evaluate.suite as suite
+
+    tr, ytr = make_shapes(64, 28, seed=0)
+    ds = Dataset(tr, ytr, "shapes")
+    monkeypatch.setattr(suite, "reference_data", lambda data, against="test": (ds, ds, ds))
+    colour = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3)).astype(np.uint8)
+    np.savez(tmp_path / "rgb32.npz", images=colour)  # used to be turned into 28 px grey and scored
+    rc = main(["evaluate", "--images", str(tmp_path / "rgb32.npz"), "--dataset", "shapes", "--device", "cpu"])
+    assert rc == 2 and "images are 3x32x32 (C x H x W) but shapes is 1x28x28" in capsys.readouterr().err
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    from PIL import Image
+
+    Image.fromarray(colour[0]).save(folder / "0.png")
+    rc = main(["evaluate", "--images", str(folder), "--dataset", "shapes", "--device", "cpu"])
+    assert rc == 2 and "3x32x32" in capsys.readouterr().err
+
+
 def test_cli_evaluate_without_labels_says_use_inception(tmp_path, monkeypatch, capsys):
     import glann.evaluate.suite as suite
 

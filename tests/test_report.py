@@ -52,6 +52,8 @@ def test_compare_does_not_retrain_finished_runs(compared, tmp_path):
 def test_report_cli_rebuilds_the_report_from_run_dirs(compared, tmp_path):
     runs = [str(compared / n) for n in ("glann_s0", "gan_s0")]
     assert main(["report", *runs, "-o", str(tmp_path / "r"), "--features", "basic", "--num-samples", "64"]) == 0
+    with pytest.raises(ConfigError, match="given twice"):
+        write_report([runs[0], runs[0] + "/"], tmp_path / "twice", features="basic", num_samples=64)
     assert len(_summary_rows((tmp_path / "r" / "report.md").read_text())) == 2
     assert (tmp_path / "r" / "report.html").is_file()
 
@@ -76,6 +78,33 @@ def test_compare_config_without_methods_is_a_config_error(tmp_path):
     f.write_text("name: x\nseeds: [0]\n")
     with pytest.raises(ConfigError, match="no methods"):
         load_compare_config(f)
+
+
+@pytest.mark.parametrize("text, match", [("name: [unclosed\n", "not valid YAML"), ("- a\n- b\n", "must be a mapping")])
+def test_compare_config_that_is_not_a_mapping_is_a_config_error(tmp_path, text, match):
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_compare_config(f)
+
+
+def test_an_interrupted_compare_run_keeps_the_time_it_trained(tmp_path, monkeypatch):
+    import json
+    import time
+
+    import glann.pipeline
+
+    def stopped(cfg, resume, run_dir):  # trains 0.3 s, saves a checkpoint, then Ctrl-C
+        time.sleep(0.3)
+        (run_dir / "checkpoints").mkdir(parents=True)
+        (run_dir / "checkpoints" / "glo.pt").write_bytes(b"")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(glann.pipeline, "train", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        compare(ROOT / "configs" / "compare_tiny.yaml", [f"out_dir={tmp_path}"])
+    timing = next(tmp_path.rglob("timing.json"))
+    assert json.loads(timing.read_text())["train_seconds"] >= 0.3  # the resumed run adds its time to this
 
 
 def _chromium() -> str | None:

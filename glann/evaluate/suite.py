@@ -152,9 +152,34 @@ def load_images(path: Union[str, Path], like: Dataset) -> torch.Tensor:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path} does not exist; give a folder of images or a .npz/.npy file")
-    source = "folder" if path.is_dir() else "array"
-    cfg = DataConfig(source=source, path=str(path), image_size=like.image_size, channels=like.channels, download=False)
-    return load_dataset(cfg).images
+    want = (like.channels, like.image_size, like.image_size)
+    if path.is_dir():  # folders are read at the dataset's size; check the first image's own size first
+        from PIL import Image
+
+        from ..data import IMAGE_EXTENSIONS
+
+        first = next((p for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS), None)
+        if first is not None:
+            with Image.open(first) as im:
+                rgb = im.convert("RGB")
+                r, g, b = rgb.split()
+                grey = im.mode in ("L", "I;16", "I") or r.tobytes() == g.tobytes() == b.tobytes()  # R = G = B
+                got = (1 if grey and like.channels == 1 else 3 if not grey else like.channels, im.height, im.width)
+            _check_like(got, want, like.name, first)
+        cfg = DataConfig(source="folder", path=str(path), image_size=like.image_size, channels=like.channels,
+                         download=False)
+        return load_dataset(cfg).images
+    images = load_dataset(DataConfig(source="array", path=str(path), download=False)).images
+    _check_like(tuple(images.shape[1:]), want, like.name, path)
+    return images
+
+
+def _check_like(got: tuple, want: tuple, dataset: str, where: Path) -> None:
+    """Generated images must have the dataset's size and channels: converting them would score
+    something other than what the model made."""
+    if got != want:
+        raise DataError(f"{where}: images are {'x'.join(map(str, got))} (C x H x W) but {dataset} is "
+                        f"{'x'.join(map(str, want))}; score them against a dataset of their shape")
 
 
 def _load_points(points: Union[str, Path, torch.Tensor]) -> torch.Tensor:
