@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import math
+import errno
 import re
 import sys
 from pathlib import Path
@@ -51,7 +51,6 @@ def _sample(args: argparse.Namespace) -> int:
     if vector and args.out_dir and args.format != "npz":
         raise SystemExit("glann sample: this run makes 2-D points, not images; use --format npz, "
                          "or -o FILE.png for a scatter plot")
-    _check_memory(args.num * math.prod(sampler.generator.out_shape) * 4, f"-n {args.num} samples")
     images = sampler.sample(args.num, seed=args.seed)
     if args.format == "npz":
         out = Path(args.output or "samples.npz")
@@ -75,17 +74,6 @@ def _sample(args: argparse.Namespace) -> int:
         out = sampler.save_grid(images, args.output or "samples.png")
         print(f"wrote a {'scatter plot' if vector else 'grid'} of {len(images)} samples to {out}")
     return 0
-
-
-def _check_memory(nbytes: int, what: str) -> None:
-    """Refuse, before allocating, what would not fit in the memory this machine has free."""
-    try:
-        free = next(int(line.split()[1]) * 1024 for line in open("/proc/meminfo") if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):  # not Linux: no cheap way to know, let it try
-        return
-    if nbytes > 0.8 * free:
-        raise SystemExit(f"glann: {what} need about {nbytes / 2**30:.1f} GiB and {free / 2**30:.1f} GiB is free; "
-                         f"draw fewer at a time (a different --seed for each part)")
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -181,8 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+PATH_ERRORS = (PermissionError, FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError)
 INTERRUPTED = {
-    "train": "the last checkpoint is intact; continue with glann train --resume",
+    "train": "the last checkpoint is intact; run the same command with --resume to continue",
     "compare": "finished runs are kept; run the same glann compare again to resume the rest",
 }
 
@@ -202,16 +191,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except GlannError as exc:
         print(f"glann: error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # a path that cannot be written or read: name it, no traceback
-        where = f" {exc.filename}" if exc.filename else ""
-        print(f"glann: error: cannot use{where}: {exc.strerror or exc}; check the path and its permissions",
-              file=sys.stderr)
+    except OSError as exc:  # a path that cannot be written or read (or a full disk): name it, no traceback
+        if exc.filename is None or not (isinstance(exc, PATH_ERRORS) or exc.errno == errno.ENOSPC):
+            raise  # anything else is a bug or a network problem: keep its traceback
+        fix = "free some space" if exc.errno == errno.ENOSPC else "check the path and its permissions"
+        print(f"glann: error: cannot use {exc.filename}: {exc.strerror}; {fix}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as exc:  # torch reports a failed allocation as a RuntimeError
         if not isinstance(exc, MemoryError) and not re.search(r"out of memory|can't allocate memory", str(exc)):
             raise
-        print("glann: error: out of memory; use smaller numbers (-n, --num-samples, data.limit, batch sizes)",
-              file=sys.stderr)
+        first = (str(exc).splitlines() or ["MemoryError"])[0][:200]
+        print(f"glann: error: out of memory ({first}); use smaller numbers (-n, --num-samples, data.limit, "
+              f"batch sizes)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = INTERRUPTED.get(args.command)

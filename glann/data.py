@@ -238,6 +238,11 @@ def _load_cifar10(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 # ---------------------------------------------------------------- folder of images
 
+def image_files(root: Path) -> list[Path]:
+    """The image files under `root`, recursively, in sorted order (the order a folder dataset has)."""
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
 def _load_folder(cfg: DataConfig) -> torch.Tensor:
     from PIL import Image, UnidentifiedImageError
 
@@ -247,7 +252,7 @@ def _load_folder(cfg: DataConfig) -> torch.Tensor:
     if not root.is_dir():
         what = "is a file, not a folder" if root.exists() else "does not exist"
         raise DataError(f"image folder {root} {what}; set data.path to a folder of images")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    files = image_files(root)
     if cfg.limit is not None:
         files = files[: cfg.limit]
     if not files:

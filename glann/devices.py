@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, ResourceError
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -34,3 +34,18 @@ def to_device_async(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type != "cuda":
         return x.to(device)
     return x.pin_memory().to(device, non_blocking=True)
+
+
+def check_memory(nbytes: int, device: torch.device, what: str) -> None:
+    """ResourceError, before allocating, when `nbytes` would not fit in what `device` has free."""
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        try:
+            with open("/proc/meminfo") as f:
+                free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+        except (OSError, StopIteration, ValueError):  # not Linux: no cheap way to know, let it try
+            return
+    if nbytes > 0.8 * free:
+        raise ResourceError(f"{what} need about {nbytes / 2**30:.1f} GiB and {free / 2**30:.1f} GiB is free on "
+                            f"{device}; draw fewer at a time (a different seed for each part)")

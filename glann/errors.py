@@ -23,3 +23,7 @@ class CheckpointError(GlannError):
 
 class TrainingError(GlannError):
     """Training cannot go on (for example a non-finite loss)."""
+
+
+class ResourceError(GlannError):
+    """More memory asked for than the machine (or GPU) has free."""

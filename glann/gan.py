@@ -23,7 +23,7 @@ from .devices import to_device_async
 from .glo import build_generator
 from .images import save_grid, to_model, to_unit
 from .nets import Discriminator, Generator, MLPDiscriminator
-from .runs import CHECK_EVERY, Budget, Run, check_finite
+from .runs import CHECK_EVERY, Budget, Run, check_finite, keep_configured_lr
 
 # Diagnostic thresholds (heuristics, documented so a reader can argue with them).
 VANISH_ACC = 0.99  # D right about (nearly) every real and every fake decision ...
@@ -155,6 +155,9 @@ def train_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GAN
     opt_d = torch.optim.Adam(D.parameters(), lr=gc.lr_discriminator, betas=(gc.beta1, gc.beta2))
     state = {"generator": G, "discriminator": D, "opt_g": opt_g, "opt_d": opt_d}
     start, extra = run.load_stage("gan", state, rng, device) if run else (0, {})
+    if start:
+        keep_configured_lr(opt_g, gc.lr_generator)
+        keep_configured_lr(opt_d, gc.lr_discriminator)
     g_steps = int(extra["g_steps"]) if "g_steps" in extra else 0
     budget = Budget(gc.max_seconds, extra)
     history = [{k: float(r[k]) for k in ("d_acc_real", "d_acc_fake", "g_grad_norm", "diversity_ratio")}
@@ -179,7 +182,7 @@ def train_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GAN
         G.train()
         D.train()
         budget.start_epoch()
-        perm = torch.randperm(n, generator=rng).to(device)
+        perm = to_device_async(torch.randperm(n, generator=rng), device)
         # Running sums: d_loss, g_loss, D right on real, D right on fake, G grad norm; D steps; G steps.
         sums = torch.zeros(5, device=device)
         n_d = n_g = 0

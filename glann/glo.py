@@ -13,12 +13,13 @@ from tqdm.auto import tqdm
 
 from .config import GlannConfig
 from .data import Dataset
+from .devices import to_device_async
 from .images import save_grid, to_model, to_unit
 from .losses import make_loss
 from .nets import Generator, MLPGenerator, sphere
 from .distributed import ShardedState
 from .distributed import current as current_dist
-from .runs import CHECK_EVERY, Budget, LossTracker, Run
+from .runs import CHECK_EVERY, Budget, LossTracker, Run, keep_configured_lr
 
 
 class RowAdam(torch.optim.Optimizer):
@@ -66,6 +67,7 @@ class GLOResult:
     codes: torch.Tensor  # float N x nz, unit rows, on the training device (this rank's shard under torchrun)
     losses: list[float] = field(default_factory=list)  # mean reconstruction loss per epoch trained here
     images_per_s: list[float] = field(default_factory=list)  # training throughput per epoch trained here
+    epochs_done: int = 0  # GLO epochs the codes have had in all, resumes included
 
 
 def build_generator(cfg: GlannConfig, shape: Sequence[int]) -> Union[Generator, MLPGenerator]:
@@ -113,6 +115,9 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
     state = {"generator": G, "codes": ShardedState(codes, d, n, n_local), "opt_g": opt_g,
              "opt_z": ShardedState(opt_z, d, n, n_local), "sched_g": sched_g, "sched_z": sched_z}
     start, extra = run.load_stage("glo", state, rng, device) if run else (0, {})
+    if start:
+        keep_configured_lr(opt_g, gc.lr_generator, sched_g)
+        keep_configured_lr(opt_z, gc.lr_codes, sched_z)
     budget = Budget(gc.max_seconds, extra)
     batch = max(1, min(gc.batch_size, n) // d.world)  # per rank; the global batch stays glo.batch_size
     steps = (n // d.world) // batch  # equal on every rank; the last partial batch is dropped, as the reference does
@@ -129,7 +134,7 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
         budget.start_epoch()
         t0 = time.perf_counter()
         done = 0
-        perm = torch.randperm(n_local, generator=rng).to(device)
+        perm = to_device_async(torch.randperm(n_local, generator=rng), device)
         tracker = LossTracker("GLO", epoch, run, device, cfg.skip_nonfinite)
         bar = tqdm(range(steps), desc=f"GLO epoch {epoch}", unit="batch", leave=False)
         for step in bar:
@@ -165,7 +170,7 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
             if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == gc.epochs or stop:
                 run.save_stage("glo", epoch, state, rng, extra=budget.state())
     G.eval()
-    return GLOResult(G, codes.weight.detach(), losses, throughput)
+    return GLOResult(G, codes.weight.detach(), losses, throughput, start + len(losses))
 
 
 @torch.no_grad()

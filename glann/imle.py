@@ -13,12 +13,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from .config import GlannConfig
+from .devices import to_device_async
 from .images import save_grid, to_unit
 from .knn import nearest
 from .nets import Generator, Mapper
 from .distributed import current as current_dist
 from .errors import TrainingError
-from .runs import CHECK_EVERY, Budget, LossTracker, Run
+from .runs import CHECK_EVERY, Budget, LossTracker, Run, keep_configured_lr
 
 SAMPLE_BATCH = 16384  # mapped samples per no-grad forward when drawing the candidate pool
 
@@ -49,16 +50,17 @@ def draw_pool(mapper: Mapper, m: int, noise_dim: int, rng: torch.Generator,
     ceil(m / world) and all ranks all-gather them (m x (noise_dim + nz) floats: small),
     so every rank holds the same pool in rank order."""
     d = current_dist()
-    noise = torch.randn(-(-m // d.world), noise_dim, generator=rng).to(device)
+    noise = to_device_async(torch.randn(-(-m // d.world), noise_dim, generator=rng), device)
     samples = map_noise(mapper, noise)
     return d.all_gather_cat(noise), d.all_gather_cat(samples)
 
 
 def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
-               generator: Optional[Generator] = None) -> IMLEResult:
+               generator: Optional[Generator] = None, codes_epoch: Optional[int] = None) -> IMLEResult:
     """Train the mapper on data codes (float N x nz on the training device).
 
-    `generator`, when given, is used only to draw sample grids. Resumes from run's IMLE checkpoint.
+    `generator`, when given, is used only to draw sample grids. Resumes from run's IMLE checkpoint;
+    `codes_epoch` (the GLO epochs behind `codes`) is recorded in it, so a resume can tell stale ones.
     Under torchrun `codes` is this rank's shard: the ranks share one pool of mapped samples and
     each searches it for its own codes.
     """
@@ -74,6 +76,8 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
     sched = torch.optim.lr_scheduler.StepLR(opt, ic.decay_every, ic.decay_rate)
     state = {"mapper": T, "opt": opt, "sched": sched}
     start, extra = run.load_stage("imle", state, rng, device) if run else (0, {})
+    if start:
+        keep_configured_lr(opt, ic.lr, sched)
     noise, match = extra.get("noise"), extra.get("match")  # the pool in use when the checkpoint was taken
     budget = Budget(ic.max_seconds, extra)
     if match is not None and d.active:
@@ -111,7 +115,7 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
             nn_distances.append(nn_dist)
             knn_seconds.append(time.perf_counter() - t_knn)
             metrics.update(nn_distance=nn_dist, knn_seconds=knn_seconds[-1])
-        perm = torch.randperm(n_local, generator=rng).to(device)
+        perm = to_device_async(torch.randperm(n_local, generator=rng), device)
         tracker = LossTracker("IMLE", epoch, run, device, cfg.skip_nonfinite)
         bar = tqdm(range(steps), desc=f"IMLE epoch {epoch}", unit="batch", leave=False)
         for step in bar:
@@ -146,6 +150,7 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
                     save_grid(to_unit(generator.eval()(T(grid_noise))), run.sample_path(f"imle_samples_epoch{epoch:04d}"))
             if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == ic.epochs or stop:
                 run.save_stage("imle", epoch, state, rng,
-                               extra={"noise": noise, "match": d.gather_rows(match, n), **budget.state()})
+                               extra={"noise": noise, "match": d.gather_rows(match, n), **budget.state(),
+                                      **({"codes_epoch": torch.tensor(codes_epoch)} if codes_epoch is not None else {})})
     T.eval()
     return IMLEResult(T, nn_distances, epoch_seconds, knn_seconds)

@@ -1,7 +1,6 @@
 """The whole GLANN pipeline: data -> GLO -> IMLE -> exported sampler, in one run directory."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -32,8 +31,9 @@ def train(cfg: Union[GlannConfig, str, Path], resume: bool = False, run_dir: Opt
         cfg = load_config(cfg, overrides)
     elif not isinstance(cfg, GlannConfig):
         raise ConfigError(f"train takes a GlannConfig (load_config(...)) or a YAML path, got {type(cfg).__name__}")
+    path = Path(run_dir) if run_dir else Path(cfg.out_dir) / cfg.name  # from the command line, before any swap
     if resume:  # the config the run goes on with decides the device and the checks below
-        cfg = Run(Path(run_dir) if run_dir else Path(cfg.out_dir) / cfg.name, cfg).saved_config(overrides) or cfg
+        cfg = Run(path, cfg).saved_config(overrides) or cfg
     device = resolve_device(cfg.device)
     d = init_from_env(device)  # under torchrun: join the group; rank 0 alone writes
     if d.active and device.type == "cuda":
@@ -44,7 +44,7 @@ def train(cfg: Union[GlannConfig, str, Path], resume: bool = False, run_dir: Opt
     if d.active and cfg.skip_nonfinite:
         raise ConfigError("skip_nonfinite=true skips a batch on one rank while the others step, which "
                           "desynchronises torchrun ranks; leave it false under torchrun")
-    run = Run.create(cfg, Path(run_dir) if run_dir else None, resume=resume, overrides=overrides)
+    run = Run.create(cfg, path, resume=resume, overrides=overrides)
     cfg = run.cfg
     try:
         data = load_dataset(cfg.data, device, seed=cfg.seed)
@@ -52,15 +52,10 @@ def train(cfg: Union[GlannConfig, str, Path], resume: bool = False, run_dir: Opt
             generator, mapper = train_gan(data, cfg, run).generator, None
         else:
             glo = train_glo(data, cfg, run)
-            stale = run.checkpoint_path("imle")
-            if glo.losses and stale.is_file():  # GLO trained on (a resume with more epochs): new codes
-                d.barrier()  # every rank has seen the checkpoint before rank 0 moves it
-                if run.is_main:
-                    stale.replace(stale.with_suffix(".pt.stale"))
-                    print(f"glann: GLO trained further, so IMLE starts again on the new codes "
-                          f"(its old checkpoint kept as {stale.name}.stale)", file=sys.stderr)
-                d.barrier()
-            generator, mapper = glo.generator, train_imle(glo.codes, cfg, run, generator=glo.generator).mapper
+            # IMLE fitted to the codes of fewer GLO epochs (a resume that lengthened GLO) starts again.
+            run.retire_stage("imle", "codes_epoch", glo.epochs_done, default=bool(glo.losses))
+            imle = train_imle(glo.codes, cfg, run, generator=glo.generator, codes_epoch=glo.epochs_done)
+            generator, mapper = glo.generator, imle.mapper
         if run.is_main:
             export_model(run, generator, mapper)
             sampler = Sampler(generator, mapper, cfg, device)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .config import GlannConfig, config_from_dict, load_config, to_yaml
 from .distributed import current as current_dist
-from .errors import CheckpointError, TrainingError
+from .errors import CheckpointError, ConfigError, TrainingError
 
 MODEL_FILE = "model.safetensors"
 CHECK_EVERY = 50  # training steps between host syncs for the progress bar and the finiteness check
@@ -82,6 +82,46 @@ def check_finite(value: float, stage: str, epoch: int, step: int, run: Optional[
     raise TrainingError(f"non-finite {stage} loss at epoch {epoch}, step {step}; {where}; "
                         f"lower the learning rates or check the data, then resume with --resume")
 
+
+
+# Keys a resume may change: how long and how fast the run goes on and what it logs. Anything else
+# (model, data, losses, seeds) would no longer match the run's checkpoints or its data.
+RESUMABLE_KEYS = ("glo.epochs", "imle.epochs", "gan.epochs", "glo.max_seconds", "imle.max_seconds", "gan.max_seconds",
+                  "gan.max_steps", "glo.lr_codes", "glo.lr_generator", "imle.lr", "gan.lr_generator",
+                  "gan.lr_discriminator", "sample_every", "checkpoint_every", "grid_size", "device", "skip_nonfinite",
+                  "imle.knn_backend", "imle.knn_query_batch", "perf.", "eval.", "name", "out_dir")
+
+
+def _leaves(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        return {k: v for key, val in d.items() for k, v in _leaves(val, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: d}
+
+
+def check_resume_overrides(saved: GlannConfig, merged: GlannConfig) -> None:
+    """ConfigError naming each key an override changed that a resumed run cannot take."""
+    before = _leaves(OmegaConf.to_container(OmegaConf.structured(saved)))
+    after = _leaves(OmegaConf.to_container(OmegaConf.structured(merged)))
+    bad = [k for k in after if after[k] != before.get(k)
+           and not any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE_KEYS)]
+    if bad:
+        raise ConfigError(f"--resume cannot change {', '.join(bad)}: the run's checkpoints and data were made "
+                          f"without it; start a new run (another name=...) or drop the override")
+
+
+def keep_configured_lr(opt: torch.optim.Optimizer, lr: float, sched: Optional[Any] = None) -> None:
+    """After a resume, the configured base learning rate wins over the checkpoint's (e.g. a lower
+    glo.lr_generator after a NaN); the step decay reached so far is kept."""
+    base = sched.base_lrs[0] if sched is not None else opt.param_groups[0].get("initial_lr", opt.param_groups[0]["lr"])
+    if base == lr:
+        return
+    for group in opt.param_groups:
+        group["lr"] *= lr / base
+        if "initial_lr" in group:
+            group["initial_lr"] = lr
+    if sched is not None:
+        sched.base_lrs = [lr] * len(sched.base_lrs)
+        sched._last_lr = [group["lr"] for group in opt.param_groups]
 
 
 class Budget:
@@ -203,9 +243,9 @@ class Run:
             saved = run.saved_config(overrides)
             if saved is not None:
                 run.cfg = saved  # the run's own config wins over the command line's file on resume
-                if overrides:
+                if overrides:  # resumable keys only (checked above): safe to record before the stages load
                     atomic_write(path / "config.yaml", lambda tmp: Path(tmp).write_text(to_yaml(saved)))
-                    print(f"glann: resuming {path} with its config.yaml and {' '.join(overrides)}", file=sys.stderr)
+                    tqdm.write(f"glann: resuming {path} with its config.yaml and {' '.join(overrides)}", file=sys.stderr)
         else:
             atomic_write(path / "config.yaml", lambda tmp: Path(tmp).write_text(to_yaml(cfg)))
         d.barrier()
@@ -242,7 +282,9 @@ class Run:
         if not f.is_file():
             return None
         if overrides:
-            return load_config(f, overrides)
+            merged = load_config(f, overrides)
+            check_resume_overrides(self.saved_config(), merged)
+            return merged
         try:
             saved = OmegaConf.to_container(OmegaConf.load(f))
         except Exception as exc:  # yaml errors: a hand edit gone wrong
@@ -318,6 +360,24 @@ class Run:
         if d.is_main:
             save_checkpoint(state, self.checkpoint_path(stage))
         d.barrier()
+
+    def retire_stage(self, stage: str, key: str, value: int, default: bool = False) -> bool:
+        """Move a stage's checkpoint aside (<stage>.pt.stale) when its extra[key] is not `value`:
+        it was trained on inputs that have changed since (IMLE on the codes of fewer GLO epochs).
+        `default` decides for a checkpoint without the key. Rank 0 decides; every rank agrees."""
+        d = current_dist()
+        path = self.checkpoint_path(stage)
+        stale = False
+        if d.is_main and path.is_file():
+            saved = load_checkpoint(path).get("extra", {}).get(key)
+            stale = default if saved is None else int(saved) != value
+        stale = d.any(stale)
+        if stale and d.is_main:
+            path.replace(path.with_suffix(".pt.stale"))
+            tqdm.write(f"glann: {stage} starts again: it was trained on inputs that have changed since "
+                       f"(old checkpoint kept as {path.name}.stale)", file=sys.stderr)
+        d.barrier()
+        return stale
 
     def load_stage(self, stage: str, objects: dict[str, Any], rng: torch.Generator,
                    device: torch.device) -> tuple[int, dict[str, torch.Tensor]]:

@@ -1,6 +1,7 @@
 """The public sampling API: load a trained run, sample, interpolate, reconstruct (GLO inversion)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional, Union
 
@@ -9,7 +10,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .config import GlannConfig, to_yaml
-from .devices import resolve_device
+from .devices import check_memory, resolve_device, to_device_async
 from .errors import CheckpointError, DataError
 from .glo import build_generator
 from .images import save_grid, to_model, to_unit
@@ -91,8 +92,8 @@ class Sampler:
         """n mapped latents T(e) (GAN runs: e itself), projected to the unit sphere: float n x nz."""
         g = torch.Generator().manual_seed(seed) if seed is not None else None
         if self.mapper is None:
-            return sphere(torch.randn(n, self.generator.nz, generator=g).to(self.device))
-        e = torch.randn(n, self.mapper.noise_dim, generator=g).to(self.device)
+            return sphere(to_device_async(torch.randn(n, self.generator.nz, generator=g), self.device))
+        e = to_device_async(torch.randn(n, self.mapper.noise_dim, generator=g), self.device)
         return sphere(torch.cat([self.mapper(c) for c in e.split(4096)]))
 
     @torch.no_grad()
@@ -109,6 +110,7 @@ class Sampler:
         """n images, float n x C x H x W in [0, 1] (vector runs: float n x D points); the same seed gives the same."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a whole number >= 1, got {n!r}")
+        check_memory(n * math.prod(self.generator.out_shape) * 4, self.device, f"{n} samples")
         return self.decode(self.latents(n, seed), batch_size)
 
     def interpolate(self, a: torch.Tensor, b: torch.Tensor, steps: int = 8) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 
 from glann import Sampler, load_config, train
 from glann.cli import main
-from glann.errors import CheckpointError, ConfigError, DataError
+from glann.errors import CheckpointError, ConfigError, DataError, ResourceError
 
 from conftest import ROOT
 
@@ -72,8 +72,9 @@ def test_sample_refuses_clashing_outputs_and_a_used_out_dir(run, tmp_path, capsy
 
 
 def test_sample_refuses_more_than_memory_holds_before_allocating(run, capsys):
-    with pytest.raises(SystemExit, match="GiB is free"):
-        main(["sample", str(run), "-n", str(10 ** 10), "--format", "npz"])
+    _one_line_error(capsys, main(["sample", str(run), "-n", str(10 ** 10), "--format", "npz"]), "GiB is free")
+    with pytest.raises(ResourceError, match="GiB is free"):  # the API checks too, not only the CLI
+        Sampler.from_pretrained(run, device="cpu").sample(10 ** 10)
 
 
 def test_evaluate_and_report_refuse_sample_counts_that_cannot_score(run, tmp_path):

@@ -189,3 +189,24 @@ def test_resume_with_overrides_trains_on_and_records_them(tmp_path, capsys):
     assert (run / "checkpoints" / "imle.pt.stale").is_file()
     saved = load_config(run / "config.yaml")
     assert (saved.glo.epochs, saved.imle.epochs, saved.out_dir) == (2, 2, str(tmp_path))
+    # A lower learning rate after a NaN is the advice the NaN error gives: it must take effect.
+    assert main(["train", "--resume", "--run-dir", str(run), "glo.epochs=3", "glo.lr_generator=0.0001"]) == 0
+    glo = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["stage"] == "glo"]
+    assert glo[-1]["step"] == 2 and glo[-1]["lr_generator"] == pytest.approx(1e-4)
+    # Keys the checkpoints were made with cannot change; config.yaml stays as it was.
+    before = (run / "config.yaml").read_text()
+    assert main(["train", "--resume", "--run-dir", str(run), "model.nz=8", "seed=3"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume cannot change" in err and "model.nz" in err and "seed" in err
+    assert (run / "config.yaml").read_text() == before
+
+
+def test_imle_checkpoint_of_older_codes_is_retired_and_kept(tmp_path, tiny):
+    cfg = tiny("glo.epochs=1", "imle.epochs=1")
+    run = Run.create(cfg)
+    mapper = torch.nn.Linear(2, 2)
+    run.save_stage("imle", 0, {"mapper": mapper}, torch.Generator(), extra={"codes_epoch": torch.tensor(1)})
+    assert not run.retire_stage("imle", "codes_epoch", 1)  # same codes: resume it
+    assert run.retire_stage("imle", "codes_epoch", 2)  # GLO went on since: start again
+    assert not run.checkpoint_path("imle").exists() and (run.path / "checkpoints" / "imle.pt.stale").is_file()
+    run.close()

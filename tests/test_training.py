@@ -38,6 +38,10 @@ def test_row_adam_matches_sparse_adam_and_loads_its_checkpoint():
     restored.load_state_dict(sparse.state_dict())
     assert restored.state_dict()["state"][0]["step"] == 6
     assert torch.allclose(restored.state_dict()["state"][0]["exp_avg_sq"], sparse.state_dict()["state"][0]["exp_avg_sq"])
+    back = torch.optim.SparseAdam(torch.nn.Embedding(50, 8, sparse=True).parameters(), lr=0.05, betas=(0.5, 0.99))
+    back.load_state_dict(row_adam.state_dict())  # and the other way
+    assert back.state_dict()["state"][0]["step"] == 6
+    assert torch.equal(back.state_dict()["state"][0]["exp_avg"], row_adam.state_dict()["state"][0]["exp_avg"])
 
 
 def test_row_adam_step_never_reads_the_device():

@@ -153,18 +153,25 @@ def load_images(path: Union[str, Path], like: Dataset) -> torch.Tensor:
     if not path.exists():
         raise DataError(f"{path} does not exist; give a folder of images or a .npz/.npy file")
     want = (like.channels, like.image_size, like.image_size)
-    if path.is_dir():  # folders are read at the dataset's size; check the first image's own size first
-        from PIL import Image
+    if path.is_dir():  # folders are read at the dataset's size: check the first image's own shape first
+        from PIL import Image, UnidentifiedImageError
 
-        from ..data import IMAGE_EXTENSIONS
+        from ..data import image_files
 
-        first = next((p for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS), None)
+        first = next(iter(image_files(path)), None)
         if first is not None:
-            with Image.open(first) as im:
-                rgb = im.convert("RGB")
-                r, g, b = rgb.split()
-                grey = im.mode in ("L", "I;16", "I") or r.tobytes() == g.tobytes() == b.tobytes()  # R = G = B
-                got = (1 if grey and like.channels == 1 else 3 if not grey else like.channels, im.height, im.width)
+            try:
+                with Image.open(first) as im:
+                    r, g, b = im.convert("RGB").split()
+                    if im.mode in ("L", "I;16", "I"):
+                        channels = 1
+                    elif r.tobytes() == g.tobytes() == b.tobytes():  # grey saved as RGB (torchvision's save_image)
+                        channels = like.channels
+                    else:
+                        channels = 3
+                    got = (channels, im.height, im.width)
+            except (OSError, UnidentifiedImageError) as exc:
+                raise DataError(f"cannot read image {first} ({exc}); remove it or replace it") from exc
             _check_like(got, want, like.name, first)
         cfg = DataConfig(source="folder", path=str(path), image_size=like.image_size, channels=like.channels,
                          download=False)
