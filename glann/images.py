@@ -36,17 +36,22 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
         raise ValueError(f"save_grid writes .png or .jpg files, got '{path.name}'")
     if len(images) == 0:
         raise ValueError("save_grid got no images")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from .runs import atomic_write  # late: runs is the heavier module
+
+    fmt = "jpeg" if path.suffix.lower() in (".jpg", ".jpeg") else "png"
     if images.ndim == 2:
-        return save_scatter(images, path)
+        atomic_write(path, lambda tmp: save_scatter(images, tmp, fmt))
+        return path
     n = images.shape[0]
     nrow = nrow or max(1, int(round(n ** 0.5)))
-    save_image(images.detach().float().cpu(), path, nrow=nrow, padding=2, pad_value=1.0)
+    # Atomic: a kill mid-write leaves the previous grid, never a torn PNG.
+    atomic_write(path, lambda tmp: save_image(images.detach().float().cpu(), tmp, nrow=nrow, padding=2,
+                                              pad_value=1.0, format=fmt))
     return path
 
 
-def save_scatter(points: torch.Tensor, path: str | Path) -> Path:
-    """Scatter plot of the first two coordinates of float N x D points, as a PNG."""
+def save_scatter(points: torch.Tensor, path: str | Path, fmt: str = "png") -> Path:
+    """Scatter plot of the first two coordinates of float N x D points, as a PNG (or `fmt`)."""
     from matplotlib.figure import Figure  # no pyplot: a notebook's plotting backend stays as it is
 
     xy = points.detach().float().cpu().numpy()
@@ -56,5 +61,5 @@ def save_scatter(points: torch.Tensor, path: str | Path) -> Path:
     ax.set_aspect("equal", adjustable="datalim")
     ax.set_title(f"{len(xy)} samples", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format=fmt)
     return Path(path)

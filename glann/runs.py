@@ -48,6 +48,14 @@ def atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    try:  # the rename itself survives a power cut only once the directory is on disk too
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:  # some filesystems refuse fsync on a directory: the file itself is whole anyway
+        pass
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
