@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: set up, train GLANN on Fashion-MNIST with a small budget, write a sample grid.
-# Run again with the same RUN_NAME, it continues (or just re-exports) that run with its saved config.
+# Run again with the same RUN_NAME and it continues that run: its saved config with these epochs on
+# top (more GLO_EPOCHS or IMLE_EPOCHS train on; the same ones just re-export).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
