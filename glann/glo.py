@@ -136,7 +136,8 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
         done = 0
         perm = to_device_async(torch.randperm(n_local, generator=rng), device)
         tracker = LossTracker("GLO", epoch, run, device, cfg.skip_nonfinite)
-        bar = tqdm(range(steps), desc=f"GLO epoch {epoch}", unit="batch", leave=False)
+        bar = tqdm(range(steps), desc=f"GLO epoch {epoch}", unit="batch", leave=False,
+               disable=None)  # per-batch bars only on a terminal: in a log file they are noise
         for step in bar:
             done = step + 1
             idx = perm[step * batch:(step + 1) * batch]

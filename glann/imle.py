@@ -117,7 +117,8 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
             metrics.update(nn_distance=nn_dist, knn_seconds=knn_seconds[-1])
         perm = to_device_async(torch.randperm(n_local, generator=rng), device)
         tracker = LossTracker("IMLE", epoch, run, device, cfg.skip_nonfinite)
-        bar = tqdm(range(steps), desc=f"IMLE epoch {epoch}", unit="batch", leave=False)
+        bar = tqdm(range(steps), desc=f"IMLE epoch {epoch}", unit="batch", leave=False,
+               disable=None)  # per-batch bars only on a terminal: in a log file they are noise
         for step in bar:
             idx = perm[step * batch:(step + 1) * batch]
             loss = F.mse_loss(T_train(noise[match[idx]]), codes[idx])

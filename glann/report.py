@@ -11,6 +11,7 @@ import base64
 import html
 import json
 import math
+import os
 import re
 import statistics
 from pathlib import Path
@@ -130,13 +131,30 @@ def summarise_run(run_dir: Path, metrics_fn: MetricsFn) -> dict[str, Any]:
     timing = run_dir / "timing.json"
     if timing.is_file():
         values["train_seconds"] = json.loads(timing.read_text())["train_seconds"]
-    elif records:  # no timing written (a run trained outside `glann compare`): the span of its log
-        values["train_seconds"] = records[-1]["time"] - records[0]["time"]
+    else:  # a run trained outside `glann compare`: the training time its stages' checkpoints carry
+        seconds = _checkpoint_seconds(run_dir)
+        if seconds is not None:
+            values["train_seconds"] = seconds
     if gan:
         values["g_steps"] = gan[-1]["g_steps"]
     values["flags"] = ", ".join(flags) if cfg.method == "gan" else ""
     return {"dir": run_dir, "method": method, "kind": cfg.method, "seed": cfg.seed, "metrics": values,
             "records": records, "samples": run_dir / "samples.png", "data": _data_label(cfg)}
+
+
+def _checkpoint_seconds(run_dir: Path) -> Optional[float]:
+    """Seconds of training inside epochs, summed over the stages' checkpoints (runs.Budget keeps
+    them across resumes); None when no checkpoint carries them (runs from before budgets)."""
+    from .runs import load_checkpoint
+
+    total = None
+    for stage in ("glo", "imle", "gan"):
+        path = run_dir / "checkpoints" / f"{stage}.pt"
+        if path.is_file():
+            seconds = load_checkpoint(path).get("extra", {}).get("seconds")
+            if seconds is not None:
+                total = (total or 0.0) + float(seconds)
+    return total
 
 
 def _data_label(cfg: Any) -> str:
@@ -348,10 +366,8 @@ def _flag_lines(r: dict) -> list[str]:
 
 
 def _rel(path: Path, base: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(base.resolve()))
-    except ValueError:
-        return str(path.resolve())
+    """`path` relative to `base` (with ../ where needed), so report.md and the runs can move together."""
+    return os.path.relpath(path.resolve(), base.resolve())
 
 
 def _data_uri(path: Path) -> str:

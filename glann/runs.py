@@ -292,6 +292,13 @@ class Run:
         if overrides:
             merged = load_config(f, overrides)
             check_resume_overrides(self.saved_config(), merged)
+            for stage in ("glo", "imle", "gan"):  # a run can be lengthened, not shortened below its checkpoint
+                ckpt, epochs = self.checkpoint_path(stage), getattr(merged, stage).epochs
+                if epochs != getattr(self.saved_config(), stage).epochs and ckpt.is_file():
+                    done = int(load_checkpoint(ckpt)["epoch"]) + 1
+                    if epochs < done:
+                        raise ConfigError(f"{stage}.epochs={epochs} is below the {done} epochs this run has "
+                                          f"trained; resume with {stage}.epochs >= {done}, or start a new run")
             return merged
         try:
             saved = OmegaConf.to_container(OmegaConf.load(f))

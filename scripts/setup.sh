@@ -10,13 +10,6 @@ if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && comm
     || echo "setup: could not install dataset-fashion-mnist; glann will try torchvision's download"
 fi
 
-if ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  # Headless Chromium opens report.html in tests/test_report.py (skipped, with the reason, without it).
-  ($SUDO apt-get update -q && $SUDO apt-get install -y -q chromium) >/dev/null \
-    || echo "setup: could not install chromium; the HTML report test will be skipped"
-fi
-
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # torch first, pinned, so that resolving glann's range never pulls a newer multi-GB build.

@@ -139,3 +139,25 @@ def test_importing_the_cli_does_not_load_torch():
     code = "import sys, glann.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_evaluate_run_writes_a_copy_where_asked(run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GLANN_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "copy.json"
+    assert main(["evaluate", str(run), "--num-samples", "64", "--recon-images", "0", "--against", "train",
+                 "-o", str(out), "--device", "cpu"]) == 0  # -o used to be ignored for a run
+    assert out.is_file() and (run / "eval.json").is_file()
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_report_takes_a_runs_training_time_from_its_checkpoints(tmp_path):
+    import time
+
+    from glann.report import summarise_run
+    from conftest import tiny_config
+
+    t0 = time.perf_counter()
+    run_dir = train(tiny_config(tmp_path, "glo.epochs=2", "imle.epochs=1"))
+    elapsed = time.perf_counter() - t0
+    seconds = summarise_run(run_dir, lambda d: {})["metrics"]["train_seconds"]
+    assert 0 < seconds < elapsed  # training inside epochs, first epoch included; set-up and exports not

@@ -63,6 +63,9 @@ def test_kid_near_zero_for_one_distribution_and_positive_for_a_shift():
     same, _ = kernel_distance(a, b, subset_size=200, subsets=20)
     shifted, _ = kernel_distance(a, b + 2, subset_size=200, subsets=20)
     assert abs(same) < 0.05 < shifted
+    # As many samples as the subset size: subsets are half the set, so the spread is real, not 0.
+    _, spread = kernel_distance(a, b + 2, subset_size=400, subsets=20)
+    assert spread > 0
 
 
 # ---------------------------------------------------------------- precision / recall / density / coverage

@@ -198,6 +198,8 @@ def test_resume_with_overrides_trains_on_and_records_them(tmp_path, capsys):
     assert main(["train", "--resume", "--run-dir", str(run), "model.nz=8", "seed=3"]) == 2
     err = capsys.readouterr().err
     assert "--resume cannot change" in err and "model.nz" in err and "seed" in err
+    assert main(["train", "--resume", "--run-dir", str(run), "glo.epochs=1"]) == 2  # 3 trained
+    assert "glo.epochs=1 is below the 3 epochs this run has trained" in capsys.readouterr().err
     assert (run / "config.yaml").read_text() == before
 
 

@@ -54,12 +54,18 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
     return float(metric.compute())
 
 
+def kid_subset_size(subset_size: int, n: int) -> int:
+    """The KID subset size used for n samples: `subset_size`, or half of n when n is under twice it
+    (subsets of the whole set would all be the same, and the std would read 0)."""
+    return subset_size if n >= 2 * subset_size else max(2, n // 2)
+
+
 def kernel_distance(real: torch.Tensor, fake: torch.Tensor, subset_size: int = 1000, subsets: int = 100,
                     seed: int = 0) -> tuple[float, float]:
     """KID (Binkowski et al. 2018): unbiased MMD^2 with the cubic polynomial kernel over random
-    subsets; returns (mean, std). Subsets shrink to the smaller set's size."""
+    subsets of kid_subset_size(subset_size, smaller set's size); returns (mean, std)."""
     _check(real, fake)
-    size = min(subset_size, real.shape[0], fake.shape[0])
+    size = kid_subset_size(subset_size, min(real.shape[0], fake.shape[0]))
     with warnings.catch_warnings():  # "KID keeps all features in memory": it is meant to, here
         warnings.simplefilter("ignore", UserWarning)
         metric = KernelInceptionDistance(feature=Precomputed(real.shape[1]), subsets=subsets, subset_size=size)

@@ -20,6 +20,7 @@ from ..runs import atomic_write
 from .classifier import DomainClassifier, TrainedClassifier, domain_classifier
 from .features import FEATURE_NETS, DomainFeatures, InceptionFeatures, as_uint8, extract_features
 from .metrics import frechet_distance, kernel_distance, memorisation, prdc
+from .metrics import kid_subset_size as _kid_size  # evaluate() has a parameter of that name
 from .modes import class_histogram, mixture_modes, mode_stats, stacked_modes
 
 EVAL_FILE = "eval.json"
@@ -126,7 +127,7 @@ def evaluate(generated: Any, reference: Union[Dataset, torch.Tensor], features: 
         "num_generated": int(gen.shape[0]), "num_reference": int(ref.shape[0]),
         "num_held_out": int(held_out.shape[0]), "num_train": int(len(train)) if train is not None else 0,
         "num_seen": int(seen.shape[0]) if seen is not None else 0,
-        "seed": seed, "k": k, "kid_subset_size": min(kid_subset_size, ref.shape[0], gen.shape[0]), "kid_subsets": kid_subsets,
+        "seed": seed, "k": k, "kid_subset_size": _kid_size(kid_subset_size, min(ref.shape[0], gen.shape[0])), "kid_subsets": kid_subsets,
         "recon_images": min(recon_images, held_out.shape[0]) if sampler is not None else 0,
         "recon_steps": recon_steps, "device": str(device),
         "feature_seconds_per_1000": round(1000 * feat_seconds / (ref.shape[0] + gen.shape[0]), 3),
@@ -303,7 +304,7 @@ def write_eval(path: Union[str, Path], result: dict[str, Any]) -> Path:
     return path
 
 
-_LABELS = [("fd", "FD"), ("kd_mean", "KD (x1e3)"), ("precision", "precision"), ("recall", "recall"),
+_LABELS = [("fd", "FD"), ("kd_mean", "KD"), ("precision", "precision"), ("recall", "recall"),
            ("density", "density"), ("coverage", "coverage"), ("classes_covered", "classes covered"),
            ("mode_kl", "KL(gen || data)"), ("confident_share", "confident share"),
            ("memorisation_ratio", "memorisation ratio"), ("nn_train_distance_generated", "NN-train dist (gen)"),
@@ -322,8 +323,10 @@ def format_table(result: dict[str, Any]) -> str:
         v = m[key]
         if key == "fd" and p["features"] == "inception":
             label = "FID"
-        elif key == "kd_mean":
-            v = f"{1e3 * v:.3f} +- {1e3 * m['kd_std']:.3f}" + (" (KID)" if p["features"] == "inception" else "")
+        elif key == "kd_mean" and p["features"] == "inception":  # KID is quoted x 1e3 in papers
+            label, v = "KID (x1e3)", f"{1e3 * v:.3f} +- {1e3 * m['kd_std']:.3f}"
+        elif key == "kd_mean":  # as eval.json and glann report hold it
+            v = f"{v:.4g} +- {m['kd_std']:.2g}"
         elif key == "classes_covered":
             v = f"{v} / {m['num_classes']}"
         elif key == "modes_covered":
