@@ -118,7 +118,8 @@ def _report(args: argparse.Namespace) -> int:
 
     if args.num_samples < 2:
         raise SystemExit(f"glann report: --num-samples must be at least 2, got {args.num_samples}")
-    out = write_report(args.runs, args.out_dir, features=args.features, num_samples=args.num_samples)
+    title = "glann comparison" if len(args.runs) > 1 else f"glann report: {Path(args.runs[0]).name}"
+    out = write_report(args.runs, args.out_dir, features=args.features, num_samples=args.num_samples, title=title)
     print(f"report: {out / 'report.md'} and {out / 'report.html'}")
     return 0
 

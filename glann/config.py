@@ -170,6 +170,9 @@ def _fail(exc: OmegaConfBaseException, where: str) -> ConfigError:
     msg = str(exc).splitlines()[0]
     if key:
         return ConfigError(f"{where}: bad config key '{key}': {msg} (see glann/config.py for the valid keys)")
+    if "is not a subclass of" in msg:  # `glo=3`: a value where a section of keys belongs
+        return ConfigError(f"{where}: a value given for a whole config section ({msg}); set one key in it, "
+                           f"e.g. glo.epochs=3")
     return ConfigError(f"{where}: {msg}")
 
 

@@ -53,3 +53,5 @@ def test_malformed_override_and_missing_file():
         load_config(None, ["glo.epochs"])
     with pytest.raises(ConfigError, match="not found"):
         load_config("nope.yaml")
+    with pytest.raises(ConfigError, match="whole config section.*e.g. glo.epochs=3"):
+        load_config(None, ["glo=3"])
