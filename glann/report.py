@@ -151,7 +151,7 @@ def _checkpoint_seconds(run_dir: Path) -> Optional[float]:
     for stage in ("glo", "imle", "gan"):
         path = run_dir / "checkpoints" / f"{stage}.pt"
         if path.is_file():
-            seconds = load_checkpoint(path).get("extra", {}).get("seconds")
+            seconds = load_checkpoint(path, mmap=True).get("extra", {}).get("seconds")
             if seconds is not None:
                 total = (total or 0.0) + float(seconds)
     return total

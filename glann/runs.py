@@ -70,10 +70,11 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
                               f"checkpoint there is intact: free space or fix permissions, then --resume") from exc
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load with weights_only=True: tensors and plain containers only, never arbitrary pickled objects."""
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """Load with weights_only=True: tensors and plain containers only, never arbitrary pickled objects.
+    mmap=True maps the tensors instead of reading them: for a look at the epoch or a few scalars."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except FileNotFoundError as exc:
         raise CheckpointError(f"checkpoint {path} does not exist") from exc
     except Exception as exc:
@@ -223,8 +224,9 @@ class Run:
                overrides: Sequence[str] = ()) -> "Run":
         """Open a run directory for training and take its lock (released by close() or process exit).
 
-        resume=True continues the run there with its own saved config, and `overrides` on top
-        (e.g. glo.epochs=300 to train on; they are written to its config.yaml); a run that was
+        resume=True continues the run there with its own saved config. With `overrides` (e.g.
+        glo.epochs=300 to train on), `cfg` must be `saved_config(overrides)`, as train() passes it,
+        and is written to config.yaml. A run that was
         stopped before its first checkpoint starts again from scratch.
         """
         path = Path(path) if path else Path(cfg.out_dir) / cfg.name
@@ -247,13 +249,12 @@ class Run:
         run._acquire_lock()
         for stale in path.rglob(".*.tmp"):  # temp files of writes a kill interrupted
             stale.unlink(missing_ok=True)
-        if resume:
-            saved = run.saved_config(overrides)
-            if saved is not None:
-                run.cfg = saved  # the run's own config wins over the command line's file on resume
-                if overrides:  # resumable keys only (checked above): safe to record before the stages load
-                    atomic_write(path / "config.yaml", lambda tmp: Path(tmp).write_text(to_yaml(saved)))
-                    tqdm.write(f"glann: resuming {path} with its config.yaml and {' '.join(overrides)}", file=sys.stderr)
+        if resume and overrides:  # cfg is already the saved config with them on top (train() checked it):
+            # resumable keys only, so it is safe to record before the stages load
+            atomic_write(path / "config.yaml", lambda tmp: Path(tmp).write_text(to_yaml(cfg)))
+            tqdm.write(f"glann: resuming {path} with its config.yaml and {' '.join(overrides)}", file=sys.stderr)
+        elif resume:
+            run.cfg = run.saved_config() or cfg  # the run's own config wins over the command line's file
         else:
             atomic_write(path / "config.yaml", lambda tmp: Path(tmp).write_text(to_yaml(cfg)))
         d.barrier()
@@ -289,25 +290,26 @@ class Run:
         f = self.path / "config.yaml"
         if not f.is_file():
             return None
-        if overrides:
-            merged = load_config(f, overrides)
-            check_resume_overrides(self.saved_config(), merged)
-            for stage in ("glo", "imle", "gan"):  # a run can be lengthened, not shortened below its checkpoint
-                ckpt, epochs = self.checkpoint_path(stage), getattr(merged, stage).epochs
-                if epochs != getattr(self.saved_config(), stage).epochs and ckpt.is_file():
-                    done = int(load_checkpoint(ckpt)["epoch"]) + 1
-                    if epochs < done:
-                        raise ConfigError(f"{stage}.epochs={epochs} is below the {done} epochs this run has "
-                                          f"trained; resume with {stage}.epochs >= {done}, or start a new run")
-            return merged
         try:
-            saved = OmegaConf.to_container(OmegaConf.load(f))
+            raw = OmegaConf.to_container(OmegaConf.load(f))
         except Exception as exc:  # yaml errors: a hand edit gone wrong
             raise CheckpointError(f"{f} is not valid YAML ({str(exc).splitlines()[0]}); fix it by hand "
                                   f"or restore it from a copy") from exc
-        if not isinstance(saved, dict):
+        if not isinstance(raw, dict):
             raise CheckpointError(f"{f} does not hold a config (a mapping of keys); fix it or restore it from a copy")
-        return config_from_dict(saved)
+        saved = config_from_dict(raw)
+        if not overrides:
+            return saved
+        merged = load_config(f, overrides)
+        check_resume_overrides(saved, merged)
+        for stage in ("glo", "imle", "gan"):  # a run can be lengthened, not shortened below its checkpoint
+            ckpt, epochs = self.checkpoint_path(stage), getattr(merged, stage).epochs
+            if epochs != getattr(saved, stage).epochs and ckpt.is_file():
+                done = int(load_checkpoint(ckpt, mmap=True)["epoch"]) + 1
+                if epochs < done:
+                    raise ConfigError(f"{stage}.epochs={epochs} is below the {done} epochs this run has "
+                                      f"trained; resume with {stage}.epochs >= {done}, or start a new run")
+        return merged
 
     # ------------------------------------------------------------------ paths
     def checkpoint_path(self, stage: str) -> Path:
@@ -384,7 +386,7 @@ class Run:
         path = self.checkpoint_path(stage)
         stale = False
         if d.is_main and path.is_file():
-            saved = load_checkpoint(path).get("extra", {}).get(key)
+            saved = load_checkpoint(path, mmap=True).get("extra", {}).get(key)
             stale = default if saved is None else int(saved) != value
         stale = d.any(stale)
         if stale and d.is_main:
