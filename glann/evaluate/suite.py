@@ -16,8 +16,10 @@ from ..config import MIXTURES, DataConfig
 from ..data import Dataset, load_dataset, mixture_spec
 from ..devices import resolve_device
 from ..errors import DataError
-from ..runs import atomic_write
+from ..nets import sphere
+from ..runs import atomic_write, load_checkpoint
 from .classifier import DomainClassifier, TrainedClassifier, domain_classifier
+from .latent import baseline_images
 from .features import FEATURE_NETS, DomainFeatures, InceptionFeatures, as_uint8, extract_features
 from .metrics import frechet_distance, kernel_distance, memorisation, prdc
 from .metrics import kid_subset_size as _kid_size  # evaluate() has a parameter of that name
@@ -58,6 +60,7 @@ def evaluate(generated: Any, reference: Union[Dataset, torch.Tensor], features: 
              held_out: Optional[torch.Tensor] = None, seen: Optional[torch.Tensor] = None, num_samples: int = 10000, seed: int = 0, k: int = 5,
              kid_subset_size: int = 1000, kid_subsets: int = 100, inception_weights: Union[str, Path, None] = None,
              grid_path: Union[str, Path, None] = None, recon_images: int = 0, recon_steps: int = 200,
+             baselines: Optional[dict[str, torch.Tensor]] = None,
              batch_size: int = 256, device: Union[str, torch.device] = "cpu") -> dict[str, Any]:
     """Score generated images against reference images in one feature space.
 
@@ -70,8 +73,11 @@ def evaluate(generated: Any, reference: Union[Dataset, torch.Tensor], features: 
         for memorisation and the targets for reconstruction; defaults to `reference`.
     seen: the images the model trained on (uint8), memorisation's database; defaults to train's images.
     recon_images: > 0 and a Sampler given: GLO-invert that many held-out images and report the error.
+    baselines: other image sets (name -> images, as `generated`) scored against the same real
+        features: FD, precision/recall/density/coverage and mode counts (see glann.evaluate.latent).
 
-    Returns {"metrics": {name: value}, "protocol": {...}}; FD/KD are FID/KID when features=inception.
+    Returns {"metrics": {name: value}, "protocol": {...}} (and "baselines": {name: metrics} when
+    given); FD/KD are FID/KID when features=inception.
     """
     if features not in FEATURE_NETS:
         raise DataError(f"features must be one of {FEATURE_NETS}, got '{features}'")
@@ -103,16 +109,24 @@ def evaluate(generated: Any, reference: Union[Dataset, torch.Tensor], features: 
     fake_f = extract_features(net, gen, batch_size, device, desc=f"{features} features (generated)")
     feat_seconds = time.perf_counter() - t_feat
 
-    metrics: dict[str, Any] = {"fd": frechet_distance(real_f, fake_f)}
-    metrics["kd_mean"], metrics["kd_std"] = kernel_distance(real_f, fake_f, kid_subset_size, kid_subsets, seed=seed)
-    metrics.update(prdc(real_f, fake_f, k=k))
-    if trained is not None:
-        model = trained.model.to(device)
-        probs = model.predict_proba(gen)
-        ref_share = class_histogram(ref_labels, model.num_classes) if ref_labels is not None else None
-        metrics.update(mode_stats(probs, ref_share))
-        if trained.test_accuracy is not None:
-            metrics["classifier_accuracy"] = trained.test_accuracy
+    def score(images: torch.Tensor, feats: torch.Tensor) -> dict[str, Any]:
+        out: dict[str, Any] = {"fd": frechet_distance(real_f, feats)}
+        out["kd_mean"], out["kd_std"] = kernel_distance(real_f, feats, kid_subset_size, kid_subsets, seed=seed)
+        out.update(prdc(real_f, feats, k=k))
+        if trained is not None:
+            model = trained.model.to(device)
+            ref_share = class_histogram(ref_labels, model.num_classes) if ref_labels is not None else None
+            out.update(mode_stats(model.predict_proba(images), ref_share))
+        return out
+
+    metrics = score(gen, fake_f)
+    if trained is not None and trained.test_accuracy is not None:
+        metrics["classifier_accuracy"] = trained.test_accuracy
+    scored_baselines = {}
+    for name, images in (baselines or {}).items():
+        images = as_uint8(images.cpu())
+        scored_baselines[name] = score(images, extract_features(net, images, batch_size, device,
+                                                                desc=f"{features} features ({name})"))
     seen = seen if seen is not None else (train.images if train is not None else None)
     if seen is not None and seen.shape[1:] == gen.shape[1:]:
         metrics.update(memorisation(gen, held_out, as_uint8(seen).cpu(), grid_path))
@@ -133,7 +147,10 @@ def evaluate(generated: Any, reference: Union[Dataset, torch.Tensor], features: 
         "feature_seconds_per_1000": round(1000 * feat_seconds / (ref.shape[0] + gen.shape[0]), 3),
         "seconds": round(time.perf_counter() - t0, 1), "versions": _versions(),
     }
-    return {"metrics": metrics, "protocol": protocol}
+    result = {"metrics": metrics, "protocol": protocol}
+    if baselines:
+        result["baselines"] = scored_baselines
+    return result
 
 
 def reconstruction(sampler: Any, images: torch.Tensor, steps: int = 200, seed: int = 0) -> dict[str, float]:
@@ -233,10 +250,15 @@ def reference_data(data: DataConfig, against: str = "test") -> tuple[Dataset, Da
 
 
 def evaluate_run(run_dir: Union[str, Path], features: str = "domain", num_samples: int = 10000,
-                 against: str = "test", seed: int = 0, recon_images: int = 128,
+                 against: str = "test", seed: int = 0, recon_images: int = 128, latent_baselines: bool = True,
                  device: Union[str, torch.device] = "auto", **kwargs: Any) -> dict[str, Any]:
     """Evaluate a trained run directory; writes <run>/eval.json (merged per feature network) and
-    <run>/eval_nearest.png. Returns evaluate()'s result."""
+    <run>/eval_nearest.png. Returns evaluate()'s result.
+
+    latent_baselines (GLANN runs): also score, on the same real features, the run's generator fed
+    with its training codes (reconstructions: the ceiling), a Gaussian and a Gaussian mixture
+    fitted to those codes (glann.evaluate.latent): they show whether the generator or the mapper
+    limits the quality."""
     from ..sampler import Sampler
 
     run_dir = Path(run_dir)
@@ -255,10 +277,15 @@ def evaluate_run(run_dir: Union[str, Path], features: str = "domain", num_sample
                         _subset(ref.labels, num_samples, seed + 1) if ref.labels is not None else None, ref.name)
     # Memorisation is measured against what this run trained on (its data.limit applies).
     seen = load_dataset(replace(sampler.cfg.data, split="train"))
+    baselines, fitted = None, {}
+    if latent_baselines and sampler.mapper is not None:
+        codes = sphere(load_checkpoint(run_dir / "checkpoints" / "glo.pt")["codes"]["weight"].float())
+        baselines, fitted = baseline_images(sampler, codes, num_samples, seed)
     result = evaluate(sampler, reference, features, train=train, held_out=test.images if test else None,
                       seen=seen.images, num_samples=num_samples, seed=seed, grid_path=run_dir / "eval_nearest.png",
-                      recon_images=recon_images if test is not None else 0, device=sampler.device, **kwargs)
-    result["protocol"].update(run=str(run_dir), dataset=sampler.cfg.data.source, against=against)
+                      recon_images=recon_images if test is not None else 0, baselines=baselines,
+                      device=sampler.device, **kwargs)
+    result["protocol"].update(run=str(run_dir), dataset=sampler.cfg.data.source, against=against, **fitted)
     write_eval(run_dir / EVAL_FILE, result)
     return result
 
@@ -338,7 +365,41 @@ def format_table(result: dict[str, Any]) -> str:
     else:
         head = (f"features: {p['features']} ({p['feature_dim']}-d)  generated: {p['num_generated']}  "
                 f"reference: {p['num_reference']}  seed: {p['seed']}")
-    return "\n".join([head] + [f"  {label:<{width}}  {value}" for label, value in rows])
+    lines = [head] + [f"  {label:<{width}}  {value}" for label, value in rows]
+    if result.get("baselines"):
+        lines += ["", baseline_table(result)]
+    return "\n".join(lines)
+
+
+BASELINE_ROWS = (("samples", "this run's samples (IMLE mapper)"),
+                 ("reconstructions", "G(training codes): the generator's ceiling"),
+                 ("mixture", "Gaussian mixture fitted to the codes"), ("gaussian", "one Gaussian fitted to the codes"))
+
+
+def baseline_table(result: dict[str, Any]) -> str:
+    """The run's samples beside the latent baselines, with a verdict drawn from these numbers."""
+    m, b, p = result["metrics"], result["baselines"], result["protocol"]
+    sets = {"samples": m, **b}
+    cols = [("fd", "FD"), ("precision", "precision"), ("recall", "recall"), ("classes_covered", "classes"),
+            ("mode_kl", "KL")]
+    cols = [(k, lab) for k, lab in cols if k in m]
+    label = {"mixture": f"Gaussian mixture ({p.get('mixture_components', '?')} comp.) fitted to the codes"}
+    width = max(len(label.get(k, v)) for k, v in BASELINE_ROWS if k in sets)
+    out = ["where quality is lost (same generator and real features):",
+           f"  {'images':<{width}}  " + "  ".join(f"{lab:>9}" for _, lab in cols)]
+    for key, text in BASELINE_ROWS:
+        if key in sets:
+            vals = [f"{sets[key][c]:>9}" if c == "classes_covered" else f"{sets[key][c]:>9.4g}" for c, _ in cols]
+            out.append(f"  {label.get(key, text):<{width}}  " + "  ".join(vals))
+    if "mixture" in b:
+        fd_win = m["fd"] < b["mixture"]["fd"]
+        rec_ok = "recall" not in m or m["recall"] >= b["mixture"]["recall"]
+        verdict = ("beat" if fd_win and rec_ok else "did not beat") + " the mixture on the same codes"
+        out.append(f"  IMLE {verdict} (FD {m['fd']:.4g} vs {b['mixture']['fd']:.4g}"
+                   + (f", recall {m['recall']:.3f} vs {b['mixture']['recall']:.3f})" if "recall" in m else ")"))
+    if "reconstructions" in b:
+        out.append(f"  samples' FD is {m['fd'] / max(b['reconstructions']['fd'], 1e-12):.2f}x the reconstructions'")
+    return "\n".join(out)
 
 
 def evaluate_images(images: Union[str, Path, torch.Tensor], dataset: str = "fashion_mnist",
