@@ -28,6 +28,14 @@ DEBIAN_DIR = Path("/usr/share/datasets")
 _IDX_NAMES = {"fashion_mnist": ("fashion-mnist", "FashionMNIST"), "mnist": ("mnist", "MNIST")}
 _IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+# Class names of the labelled sources, in label order (the report's class-histogram axis).
+CLASS_NAMES = {
+    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"),
+    "mnist": tuple("0123456789"),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+    "shapes": ("square", "disc", "bar", "cross"),  # make_shapes' label order
+}
 
 
 @dataclass
@@ -58,6 +66,13 @@ class Dataset:
     @property
     def is_vector(self) -> bool:
         return self.images.ndim == 2
+
+
+def class_names(source: str, num_classes: int) -> Optional[tuple[str, ...]]:
+    """The names of `source`'s classes in label order; None where glann knows none for that many
+    classes (folders, arrays, mixtures, stacked data's K^3 modes): callers show the indices."""
+    names = CLASS_NAMES.get(source)
+    return names if names is not None and len(names) == num_classes else None
 
 
 def cache_dir() -> Path:

@@ -144,6 +144,8 @@ def train_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GAN
     Noise is N(0, I) of size model.nz (the generator projects it to the unit sphere). Stops after
     gan.epochs, or earlier at the gan.max_steps / gan.max_seconds budget. Resumes from run's GAN
     checkpoint. Raises TrainingError on a non-finite loss, keeping the last good checkpoint.
+    With eval.every=K it logs the domain FD every K epochs, outside the timed part (as IMLE does),
+    so a report can race GLANN and the GAN on one metric against training seconds.
     """
     device = data.images.device
     n, gc = len(data), cfg.gan
@@ -171,6 +173,7 @@ def train_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GAN
     ref_idx = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 3))[:DIVERSITY_SAMPLES]
     real_diversity = diversity(to_model(data.images[ref_idx.to(device)]))
     flags: list[str] = []
+    fd_check = None  # built at the first check: data, classifier, reference features
 
     def out_of_budget() -> bool:
         return (gc.max_steps is not None and g_steps >= gc.max_steps) or budget.exhausted(in_epoch=False)
@@ -245,6 +248,11 @@ def train_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GAN
         record = {"d_loss": s[0] / max(n_d, 1), "g_loss": s[1] / max(n_g, 1), "d_acc_real": s[2] / max(n_d, 1),
                   "d_acc_fake": s[3] / max(n_d, 1), "g_grad_norm": s[4] / max(n_g, 1),
                   "diversity_ratio": diversity(samples[:DIVERSITY_SAMPLES]) / max(real_diversity, 1e-12)}
+        if run and run.is_main and cfg.eval.every and (epoch + 1) % cfg.eval.every == 0:
+            from .evaluate.training import DomainFDCheck  # late: the evaluation suite loads only when asked for
+
+            fd_check = fd_check or DomainFDCheck(cfg, device)
+            record["domain_fd"] = fd_check(G)  # no mapper: G takes the N(0, I) noise itself
         history.append({k: record[k] for k in ("d_acc_real", "d_acc_fake", "g_grad_norm", "diversity_ratio")})
         seen = diagnose(history)
         flags += [f"epoch {epoch}: {reason}" for reason in seen.values()]

@@ -139,7 +139,8 @@ def summarise_run(run_dir: Path, metrics_fn: MetricsFn) -> dict[str, Any]:
         values["g_steps"] = gan[-1]["g_steps"]
     values["flags"] = ", ".join(flags) if cfg.method == "gan" else ""
     return {"dir": run_dir, "method": method, "kind": cfg.method, "seed": cfg.seed, "metrics": values,
-            "records": records, "samples": run_dir / "samples.png", "data": _data_label(cfg)}
+            "records": records, "samples": run_dir / "samples.png", "data": _data_label(cfg),
+            "source": cfg.data.source}
 
 
 def _checkpoint_seconds(run_dir: Path) -> Optional[float]:
@@ -221,6 +222,24 @@ def _save(fig, path: Path) -> Path:
     plt.close(fig)
     return path
 
+
+def _quality_curve(records: list[dict]) -> tuple[list[tuple[float, float]], bool]:
+    """(x, domain FD) for each metrics.jsonl record of one run that logged `domain_fd`, and whether x
+    is training seconds (True) or, for runs logged before records carried `seconds`, wall-clock
+    seconds since the run's first record (False).
+
+    Training seconds are the stage's own (`seconds`, cumulative across resumes) plus, for IMLE, the
+    GLO stage's total before it: GLANN's curve starts only once its GLO stage is paid for."""
+    logged = [r for r in records if isinstance(r.get("domain_fd"), (int, float))]
+    glo = [r for r in records if r["stage"] == "glo"]
+    glo_seconds = glo[-1].get("seconds") if glo else 0.0
+    timed = glo_seconds is not None and all(isinstance(r.get("seconds"), (int, float)) for r in logged)
+    if timed:
+        return [((glo_seconds if r["stage"] == "imle" else 0.0) + r["seconds"], r["domain_fd"]) for r in logged], True
+    t0 = records[0]["time"] if records else 0.0
+    return [(r["time"] - t0, r["domain_fd"]) for r in logged], False
+
+
 def _plots(runs: list[dict], methods: list[str], out: Path) -> dict[str, Path]:
     import matplotlib
 
@@ -245,24 +264,28 @@ def _plots(runs: list[dict], methods: list[str], out: Path) -> dict[str, Path]:
         ax.legend(fontsize=6)
     paths["losses"] = _save(fig, out / "losses.png")
 
-    # Quality over time: what each run logged while training (domain FD when the evaluation
-    # suite logs it; GAN sample diversity relative to the data's).
-    fig, ax = plt.subplots(figsize=(6.5, 3.5))
-    plotted = False
+    # Quality over training time: the race. One metric (domain FD, logged with eval.every=K) against
+    # training seconds, a line per run: colour per method, line style per seed.
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    seeds = sorted({r["seed"] for r in runs})
+    styles = {s: ("-", "--", ":", "-.")[i % 4] for i, s in enumerate(seeds)}
+    ys: list[float] = []
     for r in runs:
-        t0 = r["records"][0]["time"] if r["records"] else 0
-        for key in ("domain_fd", "fd", "diversity_ratio"):
-            pts = [(x["time"] - t0, x[key]) for x in r["records"] if key in x and isinstance(x[key], (int, float))]
-            if pts:
-                ax.plot(*zip(*pts), marker=".", color=colours[r["method"]],
-                        linestyle="-" if r["seed"] == runs[0]["seed"] else "--", label=f"{r['method']} s{r['seed']} {key}")
-                plotted = True
-    ax.set_xlabel("seconds since the first logged epoch")
-    ax.set_title("quality logged during training")
-    if plotted:
-        ax.legend(fontsize=6)
+        pts, timed = _quality_curve(r["records"])
+        if pts:
+            label = f"{r['method']} s{r['seed']}" + ("" if timed else " (no `seconds` logged: wall-clock)")
+            ax.plot(*zip(*pts), marker=".", color=colours[r["method"]], linestyle=styles[r["seed"]], label=label)
+            ys += [y for _, y in pts]
+    ax.set_xlabel("training seconds")
+    ax.set_ylabel("domain FD (lower is better)")
+    ax.set_title("domain FD during training (GLANN's line starts after its GLO stage)", fontsize=9)
+    if ys:
+        if min(ys) > 0 and max(ys) > 10 * min(ys):
+            ax.set_yscale("log")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the lines, not over them
     else:
-        ax.text(0.5, 0.5, "no quality metric logged during training", ha="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no run logged the domain FD during training;\n"
+                "train with eval.every=K to log it every K epochs", ha="center", va="center", transform=ax.transAxes)
     paths["quality"] = _save(fig, out / "quality_over_time.png")
 
     # Headline metric per run, grouped by method: the spread over seeds at a glance.
@@ -274,7 +297,9 @@ def _plots(runs: list[dict], methods: list[str], out: Path) -> dict[str, Path]:
             ax.scatter([i] * len(ys), ys, color=colours[meth], s=40)
             if ys:
                 ax.hlines(statistics.fmean(ys), i - 0.25, i + 0.25, color=colours[meth])
-        ax.set_xticks(range(len(methods)), methods, fontsize=8)
+        long = sum(len(m) for m in methods) > 60  # names that would run into each other: slant them
+        ax.set_xticks(range(len(methods)), methods, fontsize=8, rotation=20 if long else 0,
+                      ha="right" if long else "center")
         ax.set_ylabel(f"{key} (lower is better)")
         ax.set_title(f"{key} per seed (bar: mean)")
         paths["spread"] = _save(fig, out / "metric_spread.png")
@@ -282,8 +307,10 @@ def _plots(runs: list[dict], methods: list[str], out: Path) -> dict[str, Path]:
     # Class histograms of generated samples (when the evaluation's classifier gave them).
     hist_runs = [r for r in runs if isinstance(r["metrics"].get("class_histogram"), list)]
     if hist_runs:
+        from .data import class_names
+
         k = len(hist_runs[0]["metrics"]["class_histogram"])
-        fig, ax = plt.subplots(figsize=(7.5, 3.2))
+        fig, ax = plt.subplots(figsize=(7.5, 3.6))
         width = 0.8 / len(methods)
         for i, meth in enumerate(methods):
             hs = [r["metrics"]["class_histogram"] for r in hist_runs if r["method"] == meth]
@@ -291,6 +318,12 @@ def _plots(runs: list[dict], methods: list[str], out: Path) -> dict[str, Path]:
                 mean = [statistics.fmean(col) for col in zip(*hs)]
                 ax.bar([c + i * width for c in range(k)], mean, width, color=colours[meth], label=meth)
         ax.axhline(1.0 / k, color="grey", linestyle=":", label="uniform")
+        names = class_names(hist_runs[0]["source"], k)
+        if names or k <= 20:  # beyond 20 unnamed classes (stacked data's modes) matplotlib's own ticks read better
+            names = names or tuple(str(c) for c in range(k))
+            long = k * max(len(n) for n in names) > 60  # Fashion-MNIST's and CIFAR-10's names would overlap
+            ax.set_xticks([c + 0.4 - width / 2 for c in range(k)], names, fontsize=8,
+                          rotation=30 if long else 0, ha="right" if long else "center")
         ax.set_xlabel("predicted class")
         ax.set_ylabel("share of samples (mean over seeds)")
         ax.legend(fontsize=7)
@@ -321,6 +354,14 @@ def write_report(run_dirs: Sequence[Union[str, Path]], out_dir: Union[str, Path]
     header, rows, per_run = _table(runs, methods)
     plots = _plots(runs, methods, out_dir / "plots")
     flags = [(r["method"], r["seed"], f) for r in runs for f in _flag_lines(r)]
+    curves = [_quality_curve(r["records"]) for r in runs]
+    notes = []  # what the quality plot cannot show, and how to make it
+    if not any(pts for pts, _ in curves):
+        notes.append("No run logged the domain FD during training, so the quality plot is empty: train with "
+                     "eval.every=K (e.g. eval.every=5) to log it every K IMLE or GAN epochs.")
+    if any(pts and not timed for pts, timed in curves):
+        notes.append("Runs logged before records carried `seconds` are plotted against wall-clock seconds since "
+                     "their first record (marked in the legend).")
     points = _points_protocol(runs)
     measured = ("mode counts on the 2-D points" if points and features != "basic"
                 else f"features `{features}`")
@@ -334,7 +375,8 @@ def write_report(run_dirs: Sequence[Union[str, Path]], out_dir: Union[str, Path]
     if flags:
         md += ["## GAN failure flags (first epoch each was seen)", ""]
         md += [f"- {m} s{s}: {f}" for m, s, f in flags] + [""]
-    md += ["## Plots", ""] + [f"![{name}](plots/{p.name})" for name, p in plots.items()] + [""]
+    md += ["## Plots", ""] + [line for n in notes for line in (n, "")]
+    md += [f"![{name}](plots/{p.name})" for name, p in plots.items()] + [""]
     md += ["## Samples (seed of each run's sampler: its config seed)", ""]
     md += [f"**{r['method']} s{r['seed']}** ![{r['method']} s{r['seed']}]({_rel(r['samples'], out_dir)})" for r in runs]
     atomic_write(out_dir / "report.md", lambda tmp: Path(tmp).write_text("\n".join(md) + "\n"))
@@ -344,8 +386,9 @@ def write_report(run_dirs: Sequence[Union[str, Path]], out_dir: Union[str, Path]
             "<h2>Every run</h2>", _html_table(["method", "seed"] + header[2:], per_run, "runs")]
     if flags:
         body += ["<h2>GAN failure flags</h2><ul>"] + [f"<li>{html.escape(f'{m} s{s}: {f}')}</li>" for m, s, f in flags] + ["</ul>"]
-    body += ["<h2>Plots</h2>"] + [f'<figure><img alt="{n}" src="{_data_uri(p)}"><figcaption>{n}</figcaption></figure>'
-                                  for n, p in plots.items()]
+    body += ["<h2>Plots</h2>"] + [f"<p>{html.escape(n)}</p>" for n in notes]
+    body += [f'<figure><img alt="{n}" src="{_data_uri(p)}"><figcaption>{n}</figcaption></figure>'
+             for n, p in plots.items()]
     body += ["<h2>Samples</h2><div class='grids'>"]
     body += [f'<figure><img class="samples" alt="samples {html.escape(r["method"])} s{r["seed"]}" '
              f'src="{_data_uri(r["samples"])}"><figcaption>{html.escape(r["method"])} s{r["seed"]}</figcaption></figure>'
@@ -379,8 +422,24 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _html_table(header: list[str], rows: list[list[str]], cls: str) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    """The table as HTML that wraps to fit the window: a header's "(better)" and a cell's "± std" may
+    each go to a second line (18 columns of "mean ± std" on one line overflow 1,400 px)."""
+    def th(h: str) -> str:
+        m = re.fullmatch(r"(.+) \((lower|higher|closer to data)\)", h)
+        return (f'<th>{html.escape(m.group(1))} <span class="better">({m.group(2)})</span></th>' if m
+                else f"<th>{html.escape(h)}</th>")
+
+    def td(c: str) -> str:
+        mean, sep, std = c.partition(" ± ")
+        if sep:
+            return f'<td>{html.escape(mean)} <span class="std">± {html.escape(std)}</span></td>'
+        return f'<td class="text">{html.escape(c)}</td>' if re.search("[a-z]", c) else f"<td>{html.escape(c)}</td>"
+
+    def method(c: str) -> str:  # long method names break after their _ and - rather than widen the table
+        return "<td>" + re.sub(r"([_-])", r"\1<wbr>", html.escape(c)) + "</td>"
+
+    head = "".join(th(h) for h in header)
+    body = "".join("<tr>" + method(r[0]) + "".join(td(c) for c in r[1:]) + "</tr>" for r in rows)
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
@@ -388,10 +447,14 @@ HTML_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; max-width: 1200px; margin: 1.5em auto; padding: 0 1em; color: #222; }}
-table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.85em; display: block; overflow-x: auto; }}
-th, td {{ border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; white-space: nowrap; }}
-th:first-child, td:first-child {{ text-align: left; }}
+body {{ font-family: system-ui, sans-serif; max-width: 1400px; margin: 1.5em auto; padding: 0 1em; color: #222; }}
+/* Tables wrap to the window rather than scroll sideways: headers at word breaks, "± std" under its mean. */
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.75em; width: 100%; }}
+th, td {{ border: 1px solid #ccc; padding: 0.25em 0.3em; text-align: right; }}
+th {{ font-weight: 600; vertical-align: bottom; }}
+th .better {{ font-weight: normal; color: #666; }}
+td .std {{ white-space: nowrap; }}
+th:first-child, td:first-child, td.text {{ text-align: left; }}
 thead {{ background: #f2f2f2; }}
 figure {{ display: inline-block; margin: 0.5em; vertical-align: top; }}
 figure img {{ max-width: 100%; }}
@@ -401,11 +464,15 @@ figcaption {{ text-align: center; font-size: 0.85em; }}
 <body>
 {body}
 <script>
-// Lets a headless browser (the report test) confirm every embedded image decoded.
+// Lets a headless browser (the report test) confirm every embedded image decoded and that the
+// tables fit the window: no horizontal scroll bar on the page or inside a table.
 window.addEventListener("load", () => {{
   const imgs = Array.from(document.images);
   document.body.dataset.images = imgs.length;
   document.body.dataset.imagesDecoded = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.dataset.pageWidth = document.documentElement.scrollWidth;
+  document.body.dataset.tablesOverflowing = Array.from(document.querySelectorAll("table")).filter(t =>
+    t.scrollWidth > t.clientWidth + 1 || t.getBoundingClientRect().right > window.innerWidth).length;
 }});
 </script>
 </body></html>

@@ -173,3 +173,12 @@ def _set_gan_epochs(yaml_text: str, epochs: int) -> str:
     conf = OmegaConf.create(yaml_text)
     conf.gan.epochs = epochs
     return OmegaConf.to_yaml(conf)
+
+
+def test_gan_logs_domain_fd_each_epoch_with_eval_every_1(tiny, tmp_path, monkeypatch):
+    # The same training-time check as GLANN's IMLE stage, so a report races both on one metric.
+    monkeypatch.setenv("GLANN_CACHE", str(tmp_path / "cache"))  # the shapes classifier, cached here
+    cfg = tiny(*GAN_TINY, "name=gan_fd", "gan.epochs=2", "eval.every=1", "eval.num_samples=64")
+    run = train(cfg)
+    fds = [r.get("domain_fd") for r in Run(run, cfg).read_metrics() if r["stage"] == "gan"]
+    assert len(fds) == 2 and all(isinstance(v, float) and v >= 0 for v in fds)

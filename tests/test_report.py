@@ -1,3 +1,4 @@
+import json
 import re
 import shutil
 import subprocess
@@ -9,7 +10,7 @@ import torch
 from glann.cli import main
 from glann.compare import compare, load_compare_config, run_overrides
 from glann.errors import CheckpointError, ConfigError
-from glann.report import write_report
+from glann.report import COLUMNS, _quality_curve, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,18 +108,75 @@ def test_an_interrupted_compare_run_keeps_the_time_it_trained(tmp_path, monkeypa
     assert json.loads(timing.read_text())["train_seconds"] >= 0.3  # the resumed run adds its time to this
 
 
+def test_quality_curve_is_domain_fd_against_training_seconds():
+    glann = [{"stage": "glo", "step": 0, "time": 100.0, "seconds": 1.0},
+             {"stage": "glo", "step": 1, "time": 101.0, "seconds": 2.0},  # GLO's total: IMLE starts here
+             {"stage": "imle", "step": 0, "time": 109.0, "seconds": 0.5, "domain_fd": 9.0},
+             {"stage": "imle", "step": 1, "time": 119.0, "seconds": 1.0, "domain_fd": 4.0}]
+    assert _quality_curve(glann) == ([(2.5, 9.0), (3.0, 4.0)], True)
+    gan = [{"stage": "gan", "step": 0, "time": 5.0, "seconds": 0.3, "domain_fd": 7.0, "diversity_ratio": 0.5}]
+    assert _quality_curve(gan) == ([(0.3, 7.0)], True)
+    old = [{k: v for k, v in r.items() if k != "seconds"} for r in glann]  # logged before `seconds` existed
+    assert _quality_curve(old) == ([(9.0, 9.0), (19.0, 4.0)], False)
+
+
+def test_report_without_a_logged_domain_fd_names_the_fix(compared):
+    assert "eval.every=K" in (compared / "report.md").read_text()
+
+
+def _race_report(compared: Path, out: Path) -> Path:
+    """The widest report the page must fit: the compare runs copied as five methods (long names) x
+    2 seeds, every metric column with wide values, every GAN flag, class histograms, domain FD logged."""
+    run_dirs = []
+    for method in ("glann", "glann_lpips_codes_pca", "gan", "gan_hinge_spectral_norm", "gan_wgan-gp_r1_pack2"):
+        for seed in (0, 1):
+            d = out / "runs" / f"{method}_s{seed}"
+            shutil.copytree(compared / f"{method.split('_')[0]}_s{seed}", d)
+            records = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+            for r in records:
+                if r["stage"] in ("imle", "gan"):
+                    r["domain_fd"] = 1000.0 / (1 + r["step"]) ** 4 + seed  # spans > 10x: a log axis
+                if r["stage"] == "gan":
+                    r.update(flag_vanishing=1.0, flag_collapse=1.0, flag_oscillation=1.0)
+            (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+            run_dirs.append(d)
+
+    def every_metric(run_dir: Path) -> dict:
+        seed = int(run_dir.name[-1])
+        got = {key: (12345.678 if key.endswith("fd") else 0.123456) * (1 + 0.1 * seed) for key, _, _ in COLUMNS
+               if key not in ("g_steps", "flags")}  # summarise_run reads these from the run itself
+        return {**got, "class_histogram": [0.1, 0.2, 0.3, 0.4]}
+
+    return write_report(run_dirs, out / "report", metrics_fn=every_metric, budget="8 generator updates per GAN run")
+
+
 def _chromium() -> str | None:
     return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 
 
+def _dump_dom(page: Path, profile: Path) -> str:
+    """The page's DOM after its load script ran, in a headless 1400 x 900 window."""
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--no-first-run", "--disable-sync", f"--user-data-dir={profile}",
+           "--window-size=1400,900", "--virtual-time-budget=5000", "--dump-dom", page.resolve().as_uri()]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+
+
 @pytest.mark.skipif(_chromium() is None, reason="no chromium on PATH (scripts/setup.sh installs Debian's chromium)")
 def test_report_html_renders_in_headless_chromium(compared, tmp_path):
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--no-first-run", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
-           "--virtual-time-budget=5000", "--dump-dom", (compared / "report.html").resolve().as_uri()]
-    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    dom = _dump_dom(compared / "report.html", tmp_path / "profile")
     assert '<table class="summary">' in dom and "glann" in dom
     images = re.search(r'data-images="(\d+)"', dom)
     decoded = re.search(r'data-images-decoded="(\d+)"', dom)
     assert images and decoded, "the page's load script did not run"
     assert int(images.group(1)) >= 7 and decoded.group(1) == images.group(1)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium on PATH (scripts/setup.sh installs Debian's chromium)")
+def test_report_tables_fit_a_1400_px_window(compared, tmp_path):
+    report = _race_report(compared, tmp_path)
+    dom = _dump_dom(report / "report.html", tmp_path / "profile")
+    width = re.search(r'data-page-width="(\d+)"', dom)
+    overflowing = re.search(r'data-tables-overflowing="(\d+)"', dom)
+    assert width and overflowing, "the page's load script did not run"
+    assert int(width.group(1)) <= 1400 and overflowing.group(1) == "0"

@@ -1,8 +1,10 @@
 """The cheap quality check run during training: domain FD of a few thousand samples against a
-fixed subset of training images, every `eval.every` IMLE epochs (glann/imle.py logs it)."""
+fixed subset of training images, every `eval.every` IMLE or GAN epochs (glann/imle.py and
+glann/gan.py log it)."""
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Optional
 
 import torch
 
@@ -21,7 +23,8 @@ class DomainFDCheck:
     first time: seconds on a GPU, long on a small CPU for Fashion-MNIST) and the reference features.
 
     Calling it with the generator and mapper returns the domain FD (float) of `cfg.eval.num_samples`
-    samples drawn with a fixed noise seed, so successive values differ only by the model.
+    samples drawn with a fixed noise seed, so successive values differ only by the model. A GAN
+    (cfg.method=gan) passes mapper=None: its noise is N(0, I) of size model.nz, fed to G directly.
     """
 
     def __init__(self, cfg: GlannConfig, device: torch.device):
@@ -34,15 +37,20 @@ class DomainFDCheck:
         g = torch.Generator().manual_seed(cfg.seed + 3)
         idx = torch.randperm(len(train), generator=g)[:n]
         self.real = extract_features(self.features, train.images[idx].cpu(), device=device)
-        self.noise = torch.randn(n, cfg.model.noise_dim, generator=g).to(device)
+        dim = cfg.model.nz if cfg.method == "gan" else cfg.model.noise_dim
+        self.noise = torch.randn(n, dim, generator=g).to(device)
         self.device = device
 
     @torch.no_grad()
-    def __call__(self, generator: Generator, mapper: Mapper) -> float:
-        modes = generator.training, mapper.training
-        generator.eval(), mapper.eval()
+    def __call__(self, generator: Generator, mapper: Optional[Mapper] = None) -> float:
+        nets = [m for m in (generator, mapper) if m is not None]
+        modes = [m.training for m in nets]
+        for m in nets:
+            m.eval()
         try:
-            fake = torch.cat([to_unit(generator(sphere(mapper(e)))) for e in self.noise.split(1024)])
+            fake = torch.cat([to_unit(generator(e if mapper is None else sphere(mapper(e))))
+                              for e in self.noise.split(1024)])
         finally:
-            generator.train(modes[0]), mapper.train(modes[1])
+            for m, mode in zip(nets, modes):
+                m.train(mode)
         return frechet_distance(self.real, extract_features(self.features, fake.cpu(), device=self.device))
