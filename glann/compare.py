@@ -35,14 +35,14 @@ class CompareConfig:
     name: str = "compare"
     out_dir: str = "runs"
     seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
-    # The budget, the same for every run. budget_seconds: GAN runs stop at it (gan.max_seconds);
-    # GLANN runs give glo_share of it to GLO (glo.max_seconds) and the rest to IMLE
-    # (imle.max_seconds). budget_steps (generator updates) binds GAN runs only: GLANN's GLO and
+    # The budget, the same for every run. budget_seconds becomes every run's max_seconds: GAN runs
+    # stop at it; GLANN runs split it by their own rule (imle.budget_epochs), or, with glo_share
+    # set, give that share to GLO and the rest to IMLE. budget_steps (generator updates) binds GAN runs only: GLANN's GLO and
     # IMLE steps update different networks, so size its epochs instead. Either way the report
     # shows every run's measured training time beside its metrics.
     budget_seconds: Optional[float] = None
     budget_steps: Optional[int] = None
-    glo_share: float = 0.75
+    glo_share: Optional[float] = None
     features: str = "domain"  # domain | inception (glann.evaluate) | basic (pixel statistics)
     num_samples: int = 10000  # generated images per evaluation (and real ones they are compared to)
     overrides: List[str] = field(default_factory=list)  # applied to every method, before its own
@@ -74,7 +74,7 @@ def load_compare_config(path: Union[str, Path], overrides: List[str] = ()) -> Co
         raise ConfigError(f"{path}: lists no methods; add methods: {{name: {{config: configs/...yaml}}}}")
     if not cfg.seeds:
         raise ConfigError(f"{path}: seeds is empty; give at least one, e.g. seeds: [0, 1, 2]")
-    if not 0 < cfg.glo_share < 1:
+    if cfg.glo_share is not None and not 0 < cfg.glo_share < 1:
         raise ConfigError(f"{path}: glo_share must be between 0 and 1 (GLO's part of a GLANN run's budget), "
                           f"got {cfg.glo_share}")
     if cfg.features not in FEATURES:
@@ -87,9 +87,10 @@ def run_overrides(cc: CompareConfig, method: str, seed: int) -> list[str]:
     spec = cc.methods[method]
     budget = []
     if cc.budget_seconds is not None:
-        glo = cc.budget_seconds * cc.glo_share
-        budget += [f"gan.max_seconds={cc.budget_seconds}", f"glo.max_seconds={glo}",
-                   f"imle.max_seconds={cc.budget_seconds - glo}"]
+        budget.append(f"max_seconds={cc.budget_seconds}")
+        if cc.glo_share is not None:
+            glo = cc.budget_seconds * cc.glo_share
+            budget += [f"glo.max_seconds={glo}", f"imle.max_seconds={cc.budget_seconds - glo}"]
     if cc.budget_steps is not None:
         budget.append(f"gan.max_steps={cc.budget_steps}")
     return [*cc.overrides, *spec.overrides, f"seed={seed}", f"name={method}_s{seed}",
@@ -131,7 +132,9 @@ def compare(config: Union[str, Path, CompareConfig], overrides: List[str] = (),
 def _budget_text(cc: CompareConfig) -> str:
     parts = []
     if cc.budget_seconds is not None:
-        parts.append(f"{cc.budget_seconds:g} s of training per run (GLANN: {cc.glo_share:.0%} GLO, the rest IMLE; "
+        split = (f"{cc.glo_share:.0%} GLO, the rest IMLE" if cc.glo_share is not None
+                 else "GLO and IMLE split by its imle.budget_epochs rule")
+        parts.append(f"{cc.budget_seconds:g} s of training per run (GLANN: {split}; "
                      f"the time column adds start-up and exports)")
     if cc.budget_steps is not None:
         parts.append(f"{cc.budget_steps} generator updates per GAN run")

@@ -22,6 +22,8 @@ MIXTURES = ("ring8", "grid25")  # 2-D Gaussian mixtures: vector data, for the mo
 DATA_SOURCES = ("fashion_mnist", "mnist", "cifar10", "folder", "array", "shapes") + MIXTURES
 LOSSES = ("lap1", "lpips", "vgg", "l1", "l2")
 KNN_BACKENDS = ("auto", "faiss", "torch")
+CODE_INITS = ("pca", "random")
+SCHEDULES = ("cosine", "step")
 METHODS = ("glann", "gan")
 GAN_LOSSES = ("minimax", "nonsaturating", "lsgan", "wgan-gp", "hinge")
 
@@ -56,6 +58,7 @@ class ModelConfig:
     batch_norm: bool = True  # reference do_bn: True
     noise_dim: int = 32  # IMLE noise size (reference: 32)
     mapper_hidden: List[int] = field(default_factory=lambda: [128, 128])
+    mapper_batch_norm: bool = True  # batch norm after each hidden mapper layer (reference: yes)
     # Vector data (2-D mixtures) only: hidden widths of the MLP generator (PacGAN's: 4 x 400).
     mlp_hidden: List[int] = field(default_factory=lambda: [400, 400, 400, 400])
 
@@ -65,11 +68,23 @@ class GLOConfig:
     epochs: int = 200
     batch_size: int = 128
     lr_codes: float = 0.01
-    lr_generator: float = 0.001
+    lr_generator: float = 0.003  # reference 0.001 (configs/fashion_mnist_reference.yaml); see benchmarks/glo_levers_cpu.md
     beta1: float = 0.5
     beta2: float = 0.999
-    decay_every: int = 20  # epochs between learning-rate halvings
+    # Learning-rate schedule. cosine: half a cosine from the configured rates to 0 over the stage's
+    # length (its epochs, or its max_seconds when that ends first), so a run of any length ends
+    # annealed. step: the reference's, x decay_rate every decay_every epochs.
+    schedule: str = "cosine"
+    decay_every: int = 20  # schedule=step: epochs between learning-rate halvings
     decay_rate: float = 0.5
+    # Where the codes start. pca: the images' principal components (a low-rank PCA of a subset),
+    # whitened and on the unit sphere, so similar images start close; each code gets one update
+    # per epoch, so the start decides how fast GLO learns. random: Gaussian on the sphere (reference).
+    init: str = "pca"
+    # Adam's bias correction for the codes. row: each code counts its own updates (one per epoch),
+    # as if it had its own optimiser. shared: one count for the table, as torch.optim.SparseAdam
+    # (the reference) does, which makes a code's early updates about 10 x lr (glann.glo.RowAdam).
+    code_steps: str = "row"
     loss: str = "lap1"
     # Budget: stop GLO after this many seconds of training (across resumes). Counted inside epochs:
     # sample grids and checkpoints between epochs are not, and the epoch in progress finishes its
@@ -83,17 +98,34 @@ class GLOConfig:
 class IMLEConfig:
     epochs: int = 50
     batch_size: int = 128
-    lr: float = 0.001
+    lr: float = 0.01  # reference 0.001: with imle.sphere, 0.01 reached a lower FD in the same time
     beta1: float = 0.5
     beta2: float = 0.999
     weight_decay: float = 1e-5
-    decay_every: int = 50
+    schedule: str = "cosine"  # cosine | step, as glo.schedule
+    decay_every: int = 50  # schedule=step: epochs between halvings
     decay_rate: float = 0.5
-    samples_per_point: float = 2.0  # mapped samples drawn per data code each refresh (reference: 2)
+    # Mapped samples drawn per data code each refresh (reference: 2). The search is ~90% of an IMLE
+    # epoch on a CPU, and 1 scored as well as 2 in the same time at half the cost per epoch.
+    samples_per_point: float = 1.0
     refresh_every: int = 1  # epochs between nearest-neighbour searches (reference: every epoch)
+    # Rejection-sampling IMLE (Vashist et al. 2024): before matching, drop every pool sample that lies
+    # within eps of some data code, so each code is pulled towards a sample that is not already on
+    # top of the data. eps is this quantile of the codes' nearest-sample distances at that refresh
+    # (e.g. 0.1); null: plain IMLE.
+    rs_quantile: Optional[float] = None
+    # Match and regress on the unit sphere: the mapper's samples are projected there before the search
+    # and the loss, as the generator sees them (it projects its input). false: raw outputs (reference),
+    # whose norm starts far from 1, so the first epochs go to shrinking it. Sampling is the same either way.
+    sphere: bool = True
     knn_backend: str = "auto"
     knn_query_batch: Optional[int] = None  # queries per k-NN tile; None: 2048 on CPU, 16384 on a GPU
     max_seconds: Optional[float] = None  # budget: stop IMLE after this many seconds of training, as glo.max_seconds
+    # The split of a whole-method budget (top-level max_seconds): IMLE is given the time of
+    # budget_epochs epochs, measured by a probe before GLO starts (glann.imle.epoch_seconds_estimate),
+    # but at most budget_max_share of the budget; GLO gets the rest, and IMLE whatever GLO leaves.
+    budget_epochs: int = 25
+    budget_max_share: float = 0.4
 
 
 @dataclass
@@ -148,6 +180,10 @@ class GlannConfig:
     name: str = "fashion_mnist"
     out_dir: str = "runs"
     seed: int = 0
+    # One time budget for the whole method, in seconds of training: a GAN stops there (gan.max_seconds);
+    # GLANN splits it between GLO and IMLE (imle.budget_epochs) and ends with an exported run. A
+    # per-stage max_seconds given as well wins for its stage. Epoch counts still cap each stage.
+    max_seconds: Optional[float] = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     checkpoint_every: int = 1  # epochs
     sample_every: int = 1  # epochs between PNG grids
@@ -225,6 +261,10 @@ def validate(cfg: GlannConfig) -> None:
          f"data.image_size must be one of {IMAGE_SIZES}, got {cfg.data.image_size}"),
         (cfg.data.channels in (None, 1, 3), f"data.channels must be 1 or 3, got {cfg.data.channels}"),
         (cfg.glo.loss in LOSSES, f"glo.loss must be one of {LOSSES}, got '{cfg.glo.loss}'"),
+        (cfg.glo.init in CODE_INITS, f"glo.init must be one of {CODE_INITS}, got '{cfg.glo.init}'"),
+        (cfg.glo.code_steps in ("row", "shared"), f"glo.code_steps must be row or shared, got '{cfg.glo.code_steps}'"),
+        *[(kind in SCHEDULES, f"{k}.schedule must be one of {SCHEDULES}, got '{kind}'")
+          for k, kind in (("glo", cfg.glo.schedule), ("imle", cfg.imle.schedule))],
         (cfg.perf.amp in ("none", "bf16"), f"perf.amp must be none or bf16, got '{cfg.perf.amp}'"),
         (cfg.data.stack in (1, 3), f"data.stack must be 1 or 3, got {cfg.data.stack}"),
         (cfg.data.stack == 1 or cfg.data.channels in (None, 3), "data.stack=3 makes 3-channel images; drop data.channels"),
@@ -244,8 +284,15 @@ def validate(cfg: GlannConfig) -> None:
         (cfg.imle.knn_backend in KNN_BACKENDS,
          f"imle.knn_backend must be one of {KNN_BACKENDS}, got '{cfg.imle.knn_backend}'"),
         (cfg.imle.samples_per_point > 0, "imle.samples_per_point must be positive"),
+        (cfg.imle.rs_quantile is None or 0 < cfg.imle.rs_quantile < 1,
+         f"imle.rs_quantile must be in (0, 1) (or null: plain IMLE), got {cfg.imle.rs_quantile}"),
         *[(s is None or s > 0, f"{name}.max_seconds must be positive (or null: no time budget), got {s}")
           for name, s in (("glo", cfg.glo.max_seconds), ("imle", cfg.imle.max_seconds), ("gan", cfg.gan.max_seconds))],
+        (cfg.max_seconds is None or cfg.max_seconds > 0,
+         f"max_seconds must be positive (or null: no time budget), got {cfg.max_seconds}"),
+        (cfg.imle.budget_epochs >= 1 and 0 < cfg.imle.budget_max_share < 1,
+         f"imle.budget_epochs must be >= 1 and imle.budget_max_share in (0, 1), got {cfg.imle.budget_epochs} "
+         f"and {cfg.imle.budget_max_share}"),
         (cfg.glo.epochs >= 0, f"glo.epochs must be >= 0, got {cfg.glo.epochs}"),
         (cfg.imle.epochs >= 0, f"imle.epochs must be >= 0, got {cfg.imle.epochs}"),
         (cfg.glo.batch_size > 0 and cfg.imle.batch_size > 0, "glo.batch_size and imle.batch_size must be positive"),

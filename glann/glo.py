@@ -2,6 +2,7 @@
 each image from its code under a perceptual loss."""
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
@@ -19,26 +20,34 @@ from .losses import make_loss
 from .nets import Generator, MLPGenerator, sphere
 from .distributed import ShardedState
 from .distributed import current as current_dist
-from .runs import CHECK_EVERY, Budget, LossTracker, Run, keep_configured_lr
+from .runs import CHECK_EVERY, Budget, Cosine, LossTracker, Run, keep_configured_lr, step_scheduler
+
+PCA_SUBSET = 10000  # images the code PCA is fitted on (a low-rank PCA: memory stays bounded at any N)
 
 
 class RowAdam(torch.optim.Optimizer):
-    """SparseAdam's lazy Adam for a code table, on the rows one step touches, without sparse tensors.
+    """Lazy Adam for a code table, on the rows one step touches, without sparse tensors.
 
     `step(rows, grad)` updates `table[rows]` from `grad` (len(rows) x d); only those rows' moments
-    move, with the table's shared step count for bias correction, as torch.optim.SparseAdam does
-    for nn.Embedding(sparse=True). SparseAdam coalesces a sparse gradient and masks the moments
-    with it, which on CUDA waits for the GPU every step (the new sizes live on the device); here
-    the rows are gathered and written back with index_select/index_copy_, so a step queues work
-    and never waits. `rows` must be unique (a slice of a permutation). The state_dict has
-    SparseAdam's layout, so checkpoints written with either load into the other.
-    `project` (e.g. onto the unit sphere) is applied to the updated rows before they are written.
+    move. SparseAdam coalesces a sparse gradient and masks the moments with it, which on CUDA
+    waits for the GPU every step (the new sizes live on the device); here the rows are gathered and
+    written back with index_select/index_copy_, so a step queues work and never waits. `rows` must
+    be unique (a slice of a permutation). `project` (e.g. onto the unit sphere) is applied to the
+    updated rows before they are written.
+
+    Bias correction. row_steps=False is torch.optim.SparseAdam's (same numbers, same state_dict
+    layout, so checkpoints load in both directions): one step count for the whole table. A code is
+    touched once per epoch while the count grows by N / batch, so from its second update on its
+    moments (one or two gradients) are corrected as if hundreds of steps had filled them: with
+    beta2 = 0.999 the first update of a row at step 470 moves each coordinate by about 10 x lr,
+    which throws PCA-initialised codes off their start. row_steps=True counts each row's own
+    updates (state "row_step"), so every code gets exactly the Adam it would get alone.
     """
 
     def __init__(self, table: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, project=None):
+                 eps: float = 1e-8, project=None, row_steps: bool = False):
         super().__init__([table], dict(lr=lr, betas=betas, eps=eps))
-        self.project = project
+        self.project, self.row_steps = project, row_steps
 
     @torch.no_grad()
     def step(self, rows: torch.Tensor, grad: torch.Tensor) -> None:  # type: ignore[override]
@@ -56,7 +65,15 @@ class RowAdam(torch.optim.Optimizer):
         v = grad.pow(2).sub_(old_v).mul_(1 - beta2).add_(old_v)
         exp_avg.index_copy_(0, rows, m)
         exp_avg_sq.index_copy_(0, rows, v)
-        step_size = float(group["lr"]) * (1 - beta2 ** step) ** 0.5 / (1 - beta1 ** step)
+        if self.row_steps:
+            if "row_step" not in state:  # a table-count checkpoint: assume the rows were touched evenly
+                done = (step - 1) * len(rows) / len(table)
+                state["row_step"] = torch.full((len(table),), float(round(done)), device=table.device)
+            t = state["row_step"].index_select(0, rows).add_(1)
+            state["row_step"].index_copy_(0, rows, t)
+            step_size = (1 - beta2 ** t).sqrt_().div_(1 - beta1 ** t).mul_(float(group["lr"])).unsqueeze(1)
+        else:
+            step_size = float(group["lr"]) * (1 - beta2 ** step) ** 0.5 / (1 - beta1 ** step)
         new = table.index_select(0, rows).add_(-step_size * m.div_(v.sqrt_().add_(group["eps"])))
         table.index_copy_(0, rows, self.project(new) if self.project else new)
 
@@ -68,6 +85,7 @@ class GLOResult:
     losses: list[float] = field(default_factory=list)  # mean reconstruction loss per epoch trained here
     images_per_s: list[float] = field(default_factory=list)  # training throughput per epoch trained here
     epochs_done: int = 0  # GLO epochs the codes have had in all, resumes included
+    seconds: float = 0.0  # GLO training seconds in all, resumes included (what its budget counted)
 
 
 def build_generator(cfg: GlannConfig, shape: Sequence[int]) -> Union[Generator, MLPGenerator]:
@@ -98,8 +116,13 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
         G = G.to(memory_format=torch.channels_last)
     # Each step touches batch_size rows of an N-row table; RowAdam updates only those.
     codes = nn.Embedding(n_local, cfg.model.nz).to(device).requires_grad_(False)
+    t_init = time.perf_counter()
     with torch.no_grad():  # the same initial codes whatever the world size
-        codes.weight.copy_(sphere(torch.randn(n, cfg.model.nz, generator=rng)).to(device)[mine])
+        init = sphere(torch.randn(n, cfg.model.nz, generator=rng))  # drawn either way: the same batch order
+        if gc.init == "pca":
+            codes.weight.copy_(pca_codes(images, cfg.model.nz, cfg.seed, data.images if d.active else None))
+        else:
+            codes.weight.copy_(init.to(device)[mine])
     if d.active:
         rng.manual_seed(cfg.seed + 7919 * d.rank)  # each rank its own batch order
     G_train = DDP(G) if d.active else G  # all-reduces G's gradients; codes stay local
@@ -107,9 +130,10 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
         G_train = torch.compile(G_train)
     betas = (gc.beta1, gc.beta2)
     opt_g = torch.optim.Adam(G.parameters(), lr=gc.lr_generator, betas=betas, fused=pc.fused_adam or None)
-    opt_z = RowAdam(codes.weight, lr=gc.lr_codes, betas=betas, project=sphere)  # codes stay on the unit sphere
-    sched_g = torch.optim.lr_scheduler.StepLR(opt_g, gc.decay_every, gc.decay_rate)
-    sched_z = torch.optim.lr_scheduler.StepLR(opt_z, gc.decay_every, gc.decay_rate)
+    opt_z = RowAdam(codes.weight, lr=gc.lr_codes, betas=betas, project=sphere,  # codes stay on the unit sphere
+                    row_steps=gc.code_steps == "row")
+    sched_g = step_scheduler(opt_g, gc.schedule, gc.decay_every, gc.decay_rate)
+    sched_z = step_scheduler(opt_z, gc.schedule, gc.decay_every, gc.decay_rate)
     loss_fn = make_loss(gc.loss, data.channels, gc.loss_random_weights).to(device)
 
     state = {"generator": G, "codes": ShardedState(codes, d, n, n_local), "opt_g": opt_g,
@@ -119,11 +143,15 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
         keep_configured_lr(opt_g, gc.lr_generator, sched_g)
         keep_configured_lr(opt_z, gc.lr_codes, sched_z)
     budget = Budget(gc.max_seconds, extra)
+    if not start:  # the code initialisation (a PCA: seconds) is training time too
+        budget.spent += time.perf_counter() - t_init
     batch = max(1, min(gc.batch_size, n) // d.world)  # per rank; the global batch stays glo.batch_size
     steps = (n // d.world) // batch  # equal on every rank; the last partial batch is dropped, as the reference does
     losses: list[float] = []
     throughput: list[float] = []
     grid_idx = torch.arange(min(cfg.grid_size, n_local), device=device)
+    cosine = Cosine(gc.schedule, [(opt_g, gc.lr_generator), (opt_z, gc.lr_codes)], gc.epochs, steps)
+    cosine.time_share = budget.fraction(in_epoch=False)
 
     stop = budget.exhausted(in_epoch=False)  # a resumed run whose time is already spent
     epochs = tqdm(range(start, gc.epochs), desc="GLO", unit="epoch", initial=start, total=gc.epochs)
@@ -140,6 +168,7 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
                disable=None)  # per-batch bars only on a terminal: in a log file they are noise
         for step in bar:
             done = step + 1
+            cosine.set(epoch, step)
             idx = perm[step * batch:(step + 1) * batch]
             real = to_model(images[idx])
             z = codes.weight.index_select(0, idx).requires_grad_()  # this batch's codes, a leaf
@@ -153,9 +182,11 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
             opt_z.step(idx, z.grad)
             if (step + 1) % CHECK_EVERY == 0:
                 bar.set_postfix(loss=f"{tracker.flush():.4f}")  # one host sync every CHECK_EVERY steps
-                if budget.exhausted():
+                cosine.time_share = budget.fraction()
+                if cosine.time_share >= 1.0:
                     break  # the budget ends mid-epoch: close this epoch and stop
         stop = budget.end_epoch("GLO", epoch, gc.epochs)  # agreed by every rank: the last epoch of the budget
+        cosine.time_share = budget.fraction(in_epoch=False)
         sched_g.step()
         sched_z.step()
         mean = d.sum(tracker.flush()) / d.world
@@ -165,13 +196,44 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
         epochs.set_postfix(loss=f"{mean:.4f}")
         if run:
             run.log("glo", epoch, loss=mean, skipped_batches=tracker.skipped, lr_codes=opt_z.param_groups[0]["lr"],
-                    lr_generator=opt_g.param_groups[0]["lr"], images_per_s=throughput[-1])
+                    lr_generator=opt_g.param_groups[0]["lr"], images_per_s=throughput[-1],
+                    seconds=budget.spent)
             if run.is_main and ((epoch + 1) % cfg.sample_every == 0 or epoch + 1 == gc.epochs or stop):
                 _save_glo_grids(G, codes.weight.detach(), images, grid_idx, cfg.seed, run, epoch)
             if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == gc.epochs or stop:
                 run.save_stage("glo", epoch, state, rng, extra=budget.state())
     G.eval()
-    return GLOResult(G, codes.weight.detach(), losses, throughput, start + len(losses))
+    return GLOResult(G, codes.weight.detach(), losses, throughput, start + len(losses), budget.spent)
+
+
+@torch.no_grad()
+def pca_codes(images: torch.Tensor, nz: int, seed: int, full: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Initial codes from the images' principal components: float len(images) x nz, unit rows.
+
+    A randomized low-rank PCA (torch.pca_lowrank) of at most PCA_SUBSET images drawn with `seed`
+    (from `full`, the whole dataset, when `images` is a torchrun shard: every rank then fits the
+    same components), each image projected on the top nz components, each component scaled to
+    unit variance (whitened, so no one direction dominates the sphere), then onto the unit sphere.
+    Data with fewer than nz dimensions (2-D points) fills the remaining ones with Gaussian noise.
+    """
+    src = images if full is None else full
+    dim = math.prod(src.shape[1:])
+    g = torch.Generator().manual_seed(seed + 104729)
+    # At most 1 GiB of floats for the fit and 128 MiB per projected chunk, whatever the image size.
+    sub = src[torch.randperm(len(src), generator=g)[:min(PCA_SUBSET, 2 ** 28 // dim)].to(src.device)]
+    chunk = max(1, 2 ** 25 // dim)
+    x = sub.flatten(1).float()
+    mean = x.mean(0)
+    q = min(nz, x.shape[0] - 1, x.shape[1])
+    devices = [src.device] if src.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # pca_lowrank's sketch draws from the global RNG
+        torch.manual_seed(seed)
+        _, s, v = torch.pca_lowrank(x - mean, q=q, center=False, niter=4)
+    scale = (s / max(1, x.shape[0] - 1) ** 0.5).clamp_min(1e-8)
+    z = torch.cat([((c.flatten(1).float() - mean) @ v) / scale for c in images.split(chunk)])
+    if q < nz:
+        z = torch.cat([z, torch.randn(len(z), nz - q, generator=g).to(z.device)], dim=1)
+    return sphere(z)
 
 
 @torch.no_grad()

@@ -63,13 +63,14 @@ class Generator(nn.Module):
 class Mapper(nn.Module):
     """IMLE mapper T: Gaussian noise (B x noise_dim) -> latent (B x nz); reference MLP 32-128-128-64."""
 
-    def __init__(self, noise_dim: int = 32, nz: int = 64, hidden: Sequence[int] = (128, 128)):
+    def __init__(self, noise_dim: int = 32, nz: int = 64, hidden: Sequence[int] = (128, 128), batch_norm: bool = True):
         super().__init__()
         self.noise_dim, self.nz = noise_dim, nz
         layers: list[nn.Module] = []
         d = noise_dim
         for h in hidden:
-            layers += [nn.Linear(d, h, bias=False), nn.BatchNorm1d(h), nn.ReLU(inplace=True)]
+            layers += [nn.Linear(d, h, bias=not batch_norm), nn.BatchNorm1d(h) if batch_norm else nn.Identity(),
+                       nn.ReLU(inplace=True)]
             d = h
         layers.append(nn.Linear(d, nz, bias=False))
         self.net = nn.Sequential(*layers)

@@ -1,21 +1,63 @@
 """The whole GLANN pipeline: data -> GLO -> IMLE -> exported sampler, in one run directory."""
 from __future__ import annotations
 
+import copy
+import sys
+import time
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
+from tqdm.auto import tqdm
 
 from .config import GlannConfig, load_config
+from .distributed import current as current_dist
 from .distributed import init_from_env
 from .errors import ConfigError
 from .data import load_dataset
 from .devices import resolve_device
 from .gan import train_gan
 from .glo import train_glo
-from .imle import train_imle
+from .imle import epoch_seconds_estimate, train_imle
 from .runs import Run
 from .sampler import Sampler, export_model
+
+
+def stage_budgets(cfg: GlannConfig, n: int, device: torch.device, glo_seconds: Optional[float] = None) -> GlannConfig:
+    """The per-stage budgets a whole-method `max_seconds` implies (a copy of cfg; cfg unchanged).
+
+    GAN: gan.max_seconds. GLANN, before GLO (glo_seconds None): GLO gets max_seconds minus IMLE's
+    part, the measured time of imle.budget_epochs epochs at most imle.budget_max_share of the
+    budget (glann.imle.epoch_seconds_estimate). After GLO: IMLE gets what GLO left, so the two
+    stages together train for max_seconds. A stage's own max_seconds, when set, wins.
+    The plan is recomputed on a resume (the probe is re-measured), and logged once by rank 0.
+    """
+    if cfg.max_seconds is None:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    total = cfg.max_seconds
+    if cfg.method == "gan":
+        cfg.gan.max_seconds = cfg.gan.max_seconds or total
+        return cfg
+    d = current_dist()
+    if glo_seconds is None:
+        if cfg.glo.max_seconds is None:
+            if cfg.imle.max_seconds is not None:
+                imle = min(cfg.imle.max_seconds, total)
+            else:
+                t0 = time.perf_counter()
+                epoch = d.sum(epoch_seconds_estimate(-(-n // d.world), cfg, device)) / d.world  # one plan on every rank
+                probe = time.perf_counter() - t0  # charged to GLO: the budget covers all training work
+                imle = min(cfg.imle.budget_max_share * total, cfg.imle.budget_epochs * epoch) + probe
+                if d.is_main:
+                    tqdm.write(f"glann: max_seconds={total:g}: an IMLE epoch measures {epoch:.1f} s here, so IMLE gets "
+                               f"{imle:.0f} s ({imle / epoch:.0f} epochs) and GLO the other {total - imle:.0f} s",
+                               file=sys.stderr)
+            cfg.glo.max_seconds = max(total - imle, 1e-3)
+        return cfg
+    if cfg.imle.max_seconds is None:
+        cfg.imle.max_seconds = max(total - glo_seconds, 1e-3)  # what GLO left (GLO may end early on its epochs)
+    return cfg
 
 
 def train(cfg: Union[GlannConfig, str, Path], resume: bool = False, run_dir: Optional[Union[str, Path]] = None,
@@ -49,12 +91,13 @@ def train(cfg: Union[GlannConfig, str, Path], resume: bool = False, run_dir: Opt
     try:
         data = load_dataset(cfg.data, device, seed=cfg.seed)
         if cfg.method == "gan":  # the adversarial baseline: same generator, no mapper
-            generator, mapper = train_gan(data, cfg, run).generator, None
+            generator, mapper = train_gan(data, stage_budgets(cfg, len(data), device), run).generator, None
         else:
-            glo = train_glo(data, cfg, run)
+            glo = train_glo(data, stage_budgets(cfg, len(data), device), run)
             # IMLE fitted to the codes of fewer GLO epochs (a resume that lengthened GLO) starts again.
             run.retire_stage("imle", "codes_epoch", glo.epochs_done, default=bool(glo.losses))
-            imle = train_imle(glo.codes, cfg, run, generator=glo.generator, codes_epoch=glo.epochs_done)
+            imle = train_imle(glo.codes, stage_budgets(cfg, len(data), device, glo_seconds=glo.seconds), run,
+                              generator=glo.generator, codes_epoch=glo.epochs_done)
             generator, mapper = glo.generator, imle.mapper
         if run.is_main:
             export_model(run, generator, mapper)

@@ -95,7 +95,7 @@ def check_finite(value: float, stage: str, epoch: int, step: int, run: Optional[
 
 # Keys a resume may change: how long and how fast the run goes on and what it logs. Anything else
 # (model, data, losses, seeds) would no longer match the run's checkpoints or its data.
-RESUMABLE_KEYS = ("glo.epochs", "imle.epochs", "gan.epochs", "glo.max_seconds", "imle.max_seconds", "gan.max_seconds",
+RESUMABLE_KEYS = ("max_seconds", "glo.epochs", "imle.epochs", "gan.epochs", "glo.max_seconds", "imle.max_seconds", "gan.max_seconds",
                   "gan.max_steps", "glo.lr_codes", "glo.lr_generator", "imle.lr", "gan.lr_generator",
                   "gan.lr_discriminator", "sample_every", "checkpoint_every", "grid_size", "device", "skip_nonfinite",
                   "imle.knn_backend", "imle.knn_query_batch", "perf.", "eval.", "name", "out_dir")
@@ -159,14 +159,48 @@ class Budget:
             tqdm.write(f"{stage}: {stage.lower()}.max_seconds={self.limit:g} reached after {epoch + 1} of {epochs} epochs")
         return stop
 
-    def exhausted(self, in_epoch: bool = True) -> bool:
+    def fraction(self, in_epoch: bool = True) -> float:
+        """Share of the limit spent, agreed by every rank (their mean); 0 without a limit."""
         if self.limit is None:
-            return False
+            return 0.0
         now = self.spent + (time.perf_counter() - self._t0 if in_epoch else 0.0)
-        return current_dist().sum(float(now >= self.limit)) > 0
+        d = current_dist()
+        return d.sum(now / self.limit) / d.world
+
+    def exhausted(self, in_epoch: bool = True) -> bool:
+        return self.limit is not None and self.fraction(in_epoch) >= 1.0
 
     def state(self) -> dict[str, torch.Tensor]:
         return {"seconds": torch.tensor(self.spent, dtype=torch.float64)}
+
+
+def step_scheduler(opt: torch.optim.Optimizer, kind: str, every: int, rate: float) -> Any:
+    """The epoch-end scheduler of a stage: StepLR for schedule=step (the reference); for cosine a
+    StepLR that never changes the rate (`Cosine` sets it), so checkpoints keep one layout."""
+    return torch.optim.lr_scheduler.StepLR(opt, every, rate if kind == "step" else 1.0)
+
+
+class Cosine:
+    """schedule=cosine: half a cosine from each optimiser's configured rate down to 0 over the stage.
+
+    Progress is the larger of the epochs done (to the step) over the stage's epochs and the
+    budget's spent share, so a run ends annealed whether its epochs or its seconds run out first.
+    The budget's share is refreshed only where `Budget.exhausted` is checked (every CHECK_EVERY
+    steps, agreed by every rank), so under torchrun all ranks use the same rates.
+    """
+
+    def __init__(self, kind: str, opts: Sequence[tuple[torch.optim.Optimizer, float]], epochs: int, steps: int):
+        self.on, self.opts, self.epochs, self.steps = kind == "cosine", opts, max(1, epochs), max(1, steps)
+        self.time_share = 0.0
+
+    def set(self, epoch: int, step: int) -> None:
+        if not self.on:
+            return
+        p = min(1.0, max((epoch + step / self.steps) / self.epochs, self.time_share))
+        factor = 0.5 * (1.0 + math.cos(math.pi * p))
+        for opt, base in self.opts:
+            for group in opt.param_groups:
+                group["lr"] = base * factor
 
 
 class LossTracker:

@@ -6,12 +6,20 @@ from glann.errors import ConfigError
 from conftest import ROOT
 
 
-def test_defaults_are_the_reference_configuration():
-    cfg = GlannConfig()
+def test_reference_config_is_the_reference_glann_configuration():
+    cfg = load_config(ROOT / "configs" / "fashion_mnist_reference.yaml")
     assert (cfg.model.nz, cfg.model.noise_dim, cfg.glo.batch_size) == (64, 32, 128)
     assert (cfg.glo.lr_codes, cfg.glo.lr_generator, cfg.glo.decay_every) == (0.01, 0.001, 20)
-    assert (cfg.glo.epochs, cfg.imle.epochs, cfg.imle.samples_per_point) == (200, 50, 2.0)
+    assert (cfg.glo.epochs, cfg.imle.epochs, cfg.imle.samples_per_point, cfg.imle.lr) == (200, 50, 2.0, 0.001)
+    assert (cfg.glo.init, cfg.glo.code_steps, cfg.glo.schedule, cfg.imle.schedule, cfg.imle.sphere) == (
+        "random", "shared", "step", "step", False)
     assert cfg.model.mapper_hidden == [128, 128]
+
+
+def test_defaults_keep_the_reference_architecture():
+    cfg = GlannConfig()
+    assert (cfg.model.nz, cfg.model.noise_dim, cfg.glo.batch_size, cfg.model.mapper_hidden) == (64, 32, 128, [128, 128])
+    assert (cfg.glo.init, cfg.glo.code_steps, cfg.glo.schedule) == ("pca", "row", "cosine")
 
 
 @pytest.mark.parametrize("path", sorted(p for p in (ROOT / "configs").glob("*.yaml") if not p.name.startswith("compare_")),

@@ -97,20 +97,28 @@ def test_cli_bad_input_is_one_line_and_non_zero(tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().err
 
 
-def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path, tiny):
-    full = train(tiny("glo.epochs=3", "imle.epochs=3", "name=full"))
-    # Stop after GLO epoch 1, then again mid-IMLE, resuming each time.
-    part_cfg = tiny("glo.epochs=3", "imle.epochs=3", "name=part")
+@pytest.mark.parametrize("schedule", ["step", "cosine"])
+def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path, tiny, monkeypatch, schedule):
+    sched = (f"glo.schedule={schedule}", f"imle.schedule={schedule}")
+    full = train(tiny("glo.epochs=3", "imle.epochs=3", "name=full", *sched))
+    # Stop after GLO epoch 1, then again after IMLE epoch 0 (as a spent budget stops a stage, with
+    # its checkpoint), resuming each time with the same config.
+    part_cfg = tiny("glo.epochs=3", "imle.epochs=3", "name=part", *sched)
     run = Run.create(part_cfg)
     from glann.data import load_dataset
     from glann.glo import train_glo
     from glann.imle import train_imle
+    from glann.runs import Budget
 
+    real_end = Budget.end_epoch
     data = load_dataset(part_cfg.data, seed=part_cfg.seed)
-    glo = train_glo(data, tiny("glo.epochs=2", "imle.epochs=3", "name=part"), run)
-    cfg_more = tiny("glo.epochs=3", "imle.epochs=1", "name=part")
-    glo = train_glo(data, cfg_more, run)
-    train_imle(glo.codes, cfg_more, run)
+    with monkeypatch.context() as mp:
+        mp.setattr(Budget, "end_epoch", lambda self, stage="", epoch=0, epochs=0: real_end(self) or epoch == 1)
+        train_glo(data, part_cfg, run)
+    glo = train_glo(data, part_cfg, run)
+    with monkeypatch.context() as mp:
+        mp.setattr(Budget, "end_epoch", lambda self, stage="", epoch=0, epochs=0: real_end(self) or epoch == 0)
+        train_imle(glo.codes, part_cfg, run, codes_epoch=glo.epochs_done)
     run.close()
     part = train(part_cfg, resume=True)
     a = load_checkpoint(full / "checkpoints" / "imle.pt")
@@ -179,7 +187,8 @@ def test_resume_with_overrides_trains_on_and_records_them(tmp_path, capsys):
     from glann.config import load_config
 
     tiny = str(ROOT / "configs" / "tiny.yaml")
-    assert main(["train", tiny, f"out_dir={tmp_path}", "glo.epochs=1", "imle.epochs=1"]) == 0
+    # The step schedule: a rate given on resume then holds as given (a cosine would anneal it).
+    assert main(["train", tiny, f"out_dir={tmp_path}", "glo.epochs=1", "imle.epochs=1", "glo.schedule=step"]) == 0
     run = tmp_path / "tiny"
     # Lengthen the run from the command line; the file's other keys stay those saved with the run.
     assert main(["train", "--resume", "--run-dir", str(run), "glo.epochs=2", "imle.epochs=2"]) == 0

@@ -1,0 +1,183 @@
+"""The levers that make GLANN converge in a budget: PCA code init, per-row Adam counts for the codes,
+cosine schedules, one whole-method time budget, RS-IMLE, and the latent baselines in evaluation."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from glann import train
+from glann.config import load_config
+from glann.data import load_dataset
+from glann.glo import RowAdam, pca_codes, train_glo
+from glann.imle import match_codes, train_imle
+from glann.knn import nearest
+from glann.nets import sphere
+from glann.runs import Run
+
+from conftest import ROOT
+
+
+def test_pca_codes_lie_on_the_sphere_and_keep_similar_images_close():
+    g = torch.Generator().manual_seed(0)
+    protos = torch.randint(0, 256, (40, 1, 8, 8), generator=g).float()  # more clusters than components
+    labels = torch.arange(400) % 40
+    images = (protos[labels] + 8 * torch.randn(400, 1, 8, 8, generator=g)).clamp(0, 255).to(torch.uint8)
+    z = pca_codes(images, 16, seed=0)
+    assert z.shape == (400, 16) and torch.allclose(z.norm(dim=1), torch.ones(400), atol=1e-5)
+    d = torch.cdist(z, z)
+    same = labels[:, None] == labels[None, :]
+    assert d[same].mean() < 0.5 * d[~same].mean()  # random codes would give equal means
+    # A torchrun shard gets exactly its rows of the single-process codes (same PCA on every rank).
+    shard = torch.arange(1, 400, 2)
+    assert torch.allclose(pca_codes(images[shard], 16, seed=0, full=images), z[shard], atol=1e-5)
+
+
+def test_pca_codes_fill_dimensions_the_data_lacks():
+    points = torch.randn(300, 2)
+    z = pca_codes(points, 4, seed=0)
+    assert z.shape == (300, 4) and torch.isfinite(z).all()
+
+
+def test_glo_with_pca_init_learns_faster_than_random_init(tiny):
+    cfg = tiny("glo.epochs=5", "glo.init=random")
+    data = load_dataset(cfg.data, seed=cfg.seed)
+    random_loss = train_glo(data, cfg).losses
+    pca_loss = train_glo(data, tiny("glo.epochs=5", "glo.init=pca")).losses
+    assert pca_loss[0] < random_loss[0] and pca_loss[-1] < 0.8 * random_loss[-1]
+
+
+def test_row_adam_with_row_steps_is_adam_on_each_row_alone():
+    g = torch.Generator().manual_seed(0)
+    table = sphere(torch.randn(30, 5, generator=g))
+    ours = table.clone()
+    opt = RowAdam(ours, lr=0.05, betas=(0.5, 0.99), row_steps=True)
+    rows_alone = [torch.nn.Parameter(table[i].clone()) for i in range(30)]
+    adams = [torch.optim.Adam([p], lr=0.05, betas=(0.5, 0.99)) for p in rows_alone]
+    target = torch.randn(30, 5, generator=g)
+    for _ in range(7):
+        rows = torch.randperm(30, generator=g)[:9]
+        opt.step(rows, 2 * (ours[rows] - target[rows]))
+        for i in rows.tolist():
+            adams[i].zero_grad()
+            (rows_alone[i] - target[i]).pow(2).sum().backward()
+            adams[i].step()
+    assert torch.allclose(ours, torch.stack([p.detach() for p in rows_alone]), atol=1e-6)
+    # A shared-count (SparseAdam) checkpoint loads: the per-row counts are filled in.
+    shared = RowAdam(table.clone(), lr=0.05, row_steps=False)
+    shared.step(torch.arange(10), torch.randn(10, 5))
+    again = RowAdam(table.clone(), lr=0.05, row_steps=True)
+    again.load_state_dict(shared.state_dict())
+    again.step(torch.arange(10, 20), torch.randn(10, 5))
+    assert again.state_dict()["state"][0]["row_step"].shape == (30,)
+
+
+def test_reference_settings_keep_the_step_schedule_and_random_codes(tiny):
+    cfg = tiny("glo.epochs=4", "glo.init=random", "glo.code_steps=shared", "glo.schedule=step", "glo.decay_every=2")
+    data = load_dataset(cfg.data, seed=cfg.seed)
+    run = Run.create(cfg)
+    result = train_glo(data, cfg, run)
+    lrs = [r["lr_generator"] for r in run.read_metrics() if r["stage"] == "glo"]
+    base = cfg.glo.lr_generator
+    assert lrs == pytest.approx([base, base * 0.5, base * 0.5, base * 0.25])  # halved every 2 epochs, after the epoch
+    untrained = train_glo(data, tiny("glo.epochs=0", "glo.init=random"))
+    n, nz = len(data), cfg.model.nz
+    assert torch.allclose(untrained.codes, sphere(torch.randn(n, nz, generator=torch.Generator().manual_seed(cfg.seed))))
+    assert result.losses[-1] < result.losses[0]
+
+
+def test_cosine_schedule_anneals_to_zero_by_the_last_epoch(tiny):
+    cfg = tiny("glo.epochs=4", "glo.schedule=cosine")
+    run = Run.create(cfg)
+    train_glo(load_dataset(cfg.data, seed=cfg.seed), cfg, run)
+    lrs = [r["lr_codes"] for r in run.read_metrics() if r["stage"] == "glo"]
+    assert lrs[0] < cfg.glo.lr_codes and all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 0.02 * cfg.glo.lr_codes
+
+
+def test_cosine_schedule_follows_the_time_budget_when_it_ends_first(tiny):
+    cfg = tiny("glo.epochs=100000", "glo.max_seconds=2", "sample_every=100000", "checkpoint_every=100000")
+    run = Run.create(cfg)
+    train_glo(load_dataset(cfg.data, seed=cfg.seed), cfg, run)
+    last = [r for r in run.read_metrics() if r["stage"] == "glo"][-1]
+    assert last["lr_generator"] < 0.05 * cfg.glo.lr_generator  # epochs alone would have left it at ~1x
+
+
+def test_max_seconds_bounds_a_whole_glann_run_and_exports_it(tiny, capsys):
+    cfg = tiny("glo.epochs=100000", "imle.epochs=100000", "max_seconds=4", "sample_every=100000",
+               "checkpoint_every=100000", "data.limit=64")
+    t0 = time.perf_counter()
+    run_dir = train(cfg)
+    assert time.perf_counter() - t0 < 60
+    assert (run_dir / "model.safetensors").is_file()
+    glo = torch.load(run_dir / "checkpoints" / "glo.pt", weights_only=True)["extra"]["seconds"]
+    imle = torch.load(run_dir / "checkpoints" / "imle.pt", weights_only=True)["extra"]["seconds"]
+    assert 0 < float(glo) < 4 and 0 < float(imle)
+    assert float(glo) + float(imle) < 4 + 2  # the last CHECK_EVERY steps of a stage may run over
+    assert "max_seconds=4: an IMLE epoch measures" in capsys.readouterr().err
+
+
+def test_max_seconds_is_a_gan_runs_budget(tiny):
+    cfg = tiny("method=gan", "gan.epochs=100000", "max_seconds=2", "sample_every=100000", "checkpoint_every=100000",
+               "data.limit=64")
+    run_dir = train(cfg)
+    spent = torch.load(run_dir / "checkpoints" / "gan.pt", weights_only=True)["extra"]["seconds"]
+    assert 2 <= float(spent) < 6
+
+
+def test_compare_passes_its_budget_as_max_seconds():
+    from glann.compare import load_compare_config, run_overrides
+
+    cc = load_compare_config(ROOT / "configs" / "compare_tiny.yaml", ["budget_seconds=30"])
+    for method in cc.methods:
+        over = run_overrides(cc, method, 0)
+        assert "max_seconds=30.0" in over and not any(o.startswith("glo.max_seconds") for o in over)
+
+
+@pytest.mark.parametrize("q", [0.1, 0.5])
+def test_rs_imle_never_matches_a_rejected_sample(q):
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", [f"imle.rs_quantile={q}"])
+    g = torch.Generator().manual_seed(0)
+    codes = sphere(torch.randn(300, 6, generator=g))
+    samples = sphere(torch.randn(500, 6, generator=g))
+    d2, match, metrics = match_codes(codes, samples, cfg.imle, len(codes))
+    all_d2, _ = nearest(codes, samples, k=1)
+    eps2 = torch.quantile(all_d2[:, 0], q)
+    full = torch.cdist(codes, samples).pow(2)
+    rejected = (full < eps2).any(0)  # within eps of some code
+    assert metrics["rs_rejected"] == pytest.approx(rejected.float().mean().item(), abs=1e-6)
+    assert not rejected[match].any()
+    kept = full.masked_fill(rejected[None, :], float("inf"))
+    assert torch.allclose(d2, kept.min(1).values, atol=1e-4)  # the nearest kept sample, by brute force
+    assert metrics["nn_distance"] == pytest.approx(all_d2[:, 0].clamp_min(0).sqrt().mean().item(), rel=1e-4)
+
+
+def test_rs_imle_trains_and_logs_its_rejections(tiny):
+    cfg = tiny("imle.epochs=3", "imle.rs_quantile=0.2")
+    codes = sphere(torch.randn(128, cfg.model.nz, generator=torch.Generator().manual_seed(0)))
+    run = Run.create(cfg)
+    result = train_imle(codes, cfg, run)
+    rows = [r for r in run.read_metrics() if r["stage"] == "imle"]
+    assert len(result.nn_distances) == 3 and all(0 < r["rs_rejected"] < 1 for r in rows)
+
+
+@pytest.mark.slow
+def test_evaluate_reports_latent_baselines_for_a_glann_run(tmp_path, monkeypatch):
+    from conftest import tiny_config
+    from glann.evaluate import evaluate_run, format_table
+
+    monkeypatch.setenv("GLANN_CACHE", str(tmp_path / "cache"))
+    run_dir = train(tiny_config(tmp_path, "glo.epochs=2", "imle.epochs=2"))
+    result = evaluate_run(run_dir, num_samples=64, against="train", recon_images=0, device="cpu")
+    b = result["baselines"]
+    assert set(b) == {"reconstructions", "gaussian", "mixture"}
+    for m in b.values():
+        assert {"fd", "precision", "recall", "classes_covered", "mode_kl"} <= set(m) and m["fd"] >= 0
+    saved = json.loads((run_dir / "eval.json").read_text())["domain"]
+    assert saved["baselines"]["mixture"]["fd"] == pytest.approx(b["mixture"]["fd"])
+    table = format_table(result)
+    assert "where quality is lost" in table and "the mixture on the same codes" in table
+    # A GAN run has no codes: no baselines.
+    gan_dir = train(tiny_config(tmp_path, "method=gan", "gan.epochs=1", "name=tiny_gan"))
+    assert "baselines" not in evaluate_run(gan_dir, num_samples=64, against="train", recon_images=0, device="cpu")
