@@ -118,6 +118,10 @@ class IMLEConfig:
     # and the loss, as the generator sees them (it projects its input). false: raw outputs (reference),
     # whose norm starts far from 1, so the first epochs go to shrinking it. Sampling is the same either way.
     sphere: bool = True
+    # Weight of a second, sample -> data term: every pool sample is also pulled towards its nearest
+    # code (one more search per refresh). IMLE's own objective (data -> sample) leaves a sample that
+    # is no code's nearest where it is, which costs precision. 0: plain IMLE. One process only.
+    precision_weight: float = 0.0
     knn_backend: str = "auto"
     knn_query_batch: Optional[int] = None  # queries per k-NN tile; None: 2048 on CPU, 16384 on a GPU
     max_seconds: Optional[float] = None  # budget: stop IMLE after this many seconds of training, as glo.max_seconds
@@ -284,6 +288,7 @@ def validate(cfg: GlannConfig) -> None:
         (cfg.imle.knn_backend in KNN_BACKENDS,
          f"imle.knn_backend must be one of {KNN_BACKENDS}, got '{cfg.imle.knn_backend}'"),
         (cfg.imle.samples_per_point > 0, "imle.samples_per_point must be positive"),
+        (cfg.imle.precision_weight >= 0, f"imle.precision_weight must be >= 0, got {cfg.imle.precision_weight}"),
         (cfg.imle.rs_quantile is None or 0 < cfg.imle.rs_quantile < 1,
          f"imle.rs_quantile must be in (0, 1) (or null: plain IMLE), got {cfg.imle.rs_quantile}"),
         *[(s is None or s > 0, f"{name}.max_seconds must be positive (or null: no time budget), got {s}")

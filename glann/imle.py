@@ -127,8 +127,9 @@ def epoch_seconds_estimate(n: int, cfg: GlannConfig, device: torch.device) -> fl
         opt.step()
     sync()
     t3 = time.perf_counter()
-    refresh = (t1 - t0) + (t2 - t1) * n / q
-    return refresh / ic.refresh_every + (t3 - t2) / probe * (n // batch)
+    both = 2 if ic.precision_weight > 0 else 1  # precision_weight: a second search and forward of the same size
+    refresh = (t1 - t0) + both * (t2 - t1) * n / q
+    return refresh / ic.refresh_every + both * (t3 - t2) / probe * (n // batch)
 
 
 def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
@@ -155,6 +156,7 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
     if start:
         keep_configured_lr(opt, ic.lr, sched)
     noise, match = extra.get("noise"), extra.get("match")  # the pool in use when the checkpoint was taken
+    back = extra.get("back")  # imle.precision_weight: each pool sample's nearest code
     budget = Budget(ic.max_seconds, extra)
     if match is not None and d.active:
         match = match[d.shard(n, device)]  # checkpoints hold every code's match in global order
@@ -180,7 +182,7 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
         budget.start_epoch()
         t0 = time.perf_counter()
         metrics = {}
-        if epoch % ic.refresh_every == 0 or match is None:
+        if epoch % ic.refresh_every == 0 or match is None or (ic.precision_weight > 0 and back is None):
             # Data -> sample direction (IMLE Alg. 1): every code picks its nearest of m mapped samples.
             noise, samples = draw_pool(T, m, cfg.model.noise_dim, rng, device, ic.sphere)
             if not bool(torch.isfinite(samples).all()):  # one check per refresh; the search needs finite rows
@@ -188,10 +190,17 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
                                     f"and resume from the last checkpoint")
             t_knn = time.perf_counter()
             _, match, found = match_codes(codes, samples, ic, n)
+            if ic.precision_weight > 0:  # sample -> data: each pool sample's nearest code
+                back_d2, back = nearest(samples, codes, k=1, backend=ic.knn_backend, query_batch=ic.knn_query_batch)
+                back = back[:, 0]
+                found["sample_nn_distance"] = back_d2[:, 0].clamp_min(0).sqrt().mean().item()
             nn_distances.append(found["nn_distance"])
             knn_seconds.append(time.perf_counter() - t_knn)
             metrics.update(found, knn_seconds=knn_seconds[-1])
         perm = to_device_async(torch.randperm(n_local, generator=rng), device)
+        if ic.precision_weight > 0:
+            pool_perm = to_device_async(torch.randperm(len(noise), generator=rng), device)
+            pool_batch = max(1, len(noise) // steps)
         tracker = LossTracker("IMLE", epoch, run, device, cfg.skip_nonfinite)
         bar = tqdm(range(steps), desc=f"IMLE epoch {epoch}", unit="batch", leave=False,
                disable=None)  # per-batch bars only on a terminal: in a log file they are noise
@@ -200,6 +209,10 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
             idx = perm[step * batch:(step + 1) * batch]
             out = T_train(noise[match[idx]])
             loss = F.mse_loss(sphere(out) if ic.sphere else out, codes[idx])
+            if ic.precision_weight > 0:  # pull pool samples towards their nearest codes too
+                j = pool_perm[step * pool_batch:(step + 1) * pool_batch]
+                out_s = T_train(noise[j])
+                loss = loss + ic.precision_weight * F.mse_loss(sphere(out_s) if ic.sphere else out_s, codes[back[j]])
             if not tracker.add(loss, step):
                 continue
             opt.zero_grad(set_to_none=True)
@@ -232,6 +245,7 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
             if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == ic.epochs or stop:
                 run.save_stage("imle", epoch, state, rng,
                                extra={"noise": noise, "match": d.gather_rows(match, n), **budget.state(),
+                                      **({"back": back} if back is not None else {}),
                                       **({"codes_epoch": torch.tensor(codes_epoch)} if codes_epoch is not None else {})})
     T.eval()
     return IMLEResult(T, nn_distances, epoch_seconds, knn_seconds)

@@ -83,6 +83,9 @@ def train(cfg: Union[GlannConfig, str, Path], resume: bool = False, run_dir: Opt
         torch.cuda.set_device(device)
     if d.active and cfg.method == "gan":
         raise ConfigError("the GAN baseline trains in one process; run it without torchrun")
+    if d.active and cfg.method == "glann" and cfg.imle.precision_weight > 0:
+        raise ConfigError("imle.precision_weight > 0 searches every code for each pool sample, which one "
+                          "process does; set imle.precision_weight=0 under torchrun")
     if d.active and cfg.skip_nonfinite:
         raise ConfigError("skip_nonfinite=true skips a batch on one rank while the others step, which "
                           "desynchronises torchrun ranks; leave it false under torchrun")

@@ -181,3 +181,32 @@ def test_evaluate_reports_latent_baselines_for_a_glann_run(tmp_path, monkeypatch
     # A GAN run has no codes: no baselines.
     gan_dir = train(tiny_config(tmp_path, "method=gan", "gan.epochs=1", "name=tiny_gan"))
     assert "baselines" not in evaluate_run(gan_dir, num_samples=64, against="train", recon_images=0, device="cpu")
+
+
+def test_precision_weight_pulls_pool_samples_towards_the_codes(tiny):
+    g = torch.Generator().manual_seed(0)
+    centres = sphere(torch.randn(2, 16, generator=g))
+    codes = sphere(centres[torch.arange(200) % 2] + 0.05 * torch.randn(200, 16, generator=g))
+    far = {}
+    for w in (0.0, 1.0):
+        cfg = tiny("imle.epochs=6", f"imle.precision_weight={w}")
+        run = Run.create(tiny("imle.epochs=6", f"imle.precision_weight={w}", f"name=pw{w}"))
+        T = train_imle(codes, cfg, run).mapper.eval()
+        with torch.no_grad():
+            z = sphere(T(torch.randn(500, cfg.model.noise_dim, generator=torch.Generator().manual_seed(1))))
+        far[w] = torch.cdist(z, codes).min(1).values.mean().item()  # sample -> nearest code
+        if w:
+            assert all("sample_nn_distance" in r for r in run.read_metrics() if r["stage"] == "imle")
+    assert far[1.0] < far[0.0]
+
+
+def test_precision_weight_is_refused_under_torchrun(tiny, monkeypatch):
+    import glann.pipeline as pipeline
+    from glann.errors import ConfigError
+
+    class Fake:
+        active, is_main, world, rank, local_rank = True, True, 2, 0, 0
+
+    monkeypatch.setattr(pipeline, "init_from_env", lambda device: Fake())
+    with pytest.raises(ConfigError, match="precision_weight"):
+        train(tiny("imle.precision_weight=0.5"))
