@@ -161,7 +161,7 @@ class GANConfig:
 
 @dataclass
 class EvalConfig:
-    # IMLE epochs between training-time domain-FD checks logged to metrics.jsonl/TensorBoard; 0: off.
+    # IMLE (GLANN) or GAN epochs between training-time domain-FD checks logged to metrics.jsonl/TensorBoard; 0: off.
     # Needs labelled data; the first check of a dataset trains and caches its domain classifier.
     every: int = 0
     num_samples: int = 2000  # samples (and training images) per check: about 2 s on a 2-core CPU

@@ -95,8 +95,8 @@ def check_finite(value: float, stage: str, epoch: int, step: int, run: Optional[
 
 # Keys a resume may change: how long and how fast the run goes on and what it logs. Anything else
 # (model, data, losses, seeds) would no longer match the run's checkpoints or its data.
-RESUMABLE_KEYS = ("max_seconds", "glo.epochs", "imle.epochs", "gan.epochs", "glo.max_seconds", "imle.max_seconds", "gan.max_seconds",
-                  "gan.max_steps", "glo.lr_codes", "glo.lr_generator", "imle.lr", "gan.lr_generator",
+RESUMABLE_KEYS = ("max_seconds", "glo.epochs", "imle.epochs", "gan.epochs", "glo.max_seconds", "imle.max_seconds",
+                  "gan.max_seconds", "gan.max_steps", "glo.lr_codes", "glo.lr_generator", "imle.lr", "gan.lr_generator",
                   "gan.lr_discriminator", "sample_every", "checkpoint_every", "grid_size", "device", "skip_nonfinite",
                   "imle.knn_backend", "imle.knn_query_batch", "perf.", "eval.", "name", "out_dir")
 
