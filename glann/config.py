@@ -6,6 +6,7 @@ type checking; this module turns its exceptions into a one-line `ConfigError`.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 
 IMAGE_SIZES = (28, 32, 64, 128)
 MIXTURES = ("ring8", "grid25")  # 2-D Gaussian mixtures: vector data, for the mode-collapse benchmarks
@@ -26,6 +27,39 @@ CODE_INITS = ("pca", "random")
 SCHEDULES = ("cosine", "step")
 METHODS = ("glann", "gan")
 GAN_LOSSES = ("minimax", "nonsaturating", "lsgan", "wgan-gp", "hinge")
+# Sources whose test split is held-out data; others (folder, array, shapes) have no separate split.
+HELD_OUT_SOURCES = ("fashion_mnist", "mnist", "cifar10")
+STAGES = ("glo", "imle", "gan")  # the stages that keep a checkpoint each
+
+Check = tuple[bool, str]  # (the rule holds, the one-line error naming the key and the fix)
+
+
+def resumable(default: Any = None, factory: Any = None) -> Any:
+    """A field a resume may change (`glann train --resume ... key=value`): how long and how fast a run
+    goes on, and what it logs. Every other field (model, data, losses, seeds) would no longer match
+    the run's checkpoints or its data, so check_resume_overrides refuses it. A section marked
+    resumable makes all its keys resumable."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"resumable": True})
+    return field(default=default, metadata={"resumable": True})
+
+
+def _positive_lrs(section: str, **lrs: float) -> list[Check]:
+    return [(math.isfinite(v) and v > 0, f"{section}.{k} must be a positive learning rate, got {v}") for k, v in lrs.items()]
+
+
+def _betas(section: str, beta1: float, beta2: float) -> list[Check]:
+    return [(0.0 <= v < 1.0, f"{section}.{k} must be in [0, 1), got {v}") for k, v in (("beta1", beta1), ("beta2", beta2))]
+
+
+def _budget(key: str, seconds: Optional[float]) -> Check:
+    return (seconds is None or seconds > 0, f"{key} must be positive (or null: no time budget), got {seconds}")
+
+
+def _schedule(section: str, kind: str, every: int, rate: float) -> list[Check]:
+    return [(kind in SCHEDULES, f"{section}.schedule must be one of {SCHEDULES}, got '{kind}'"),
+            (every >= 1 and 0 < rate <= 1, f"{section}.decay_every must be >= 1 and {section}.decay_rate in (0, 1], "
+                                           f"got {every} and {rate}")]
 
 
 @dataclass
@@ -49,6 +83,21 @@ class DataConfig:
     # source as its R, G and B channels, so 10 classes give 1,000 modes. 1: the source as it is.
     stack: int = 1
 
+    def checks(self) -> list[Check]:
+        return [
+            (self.source in DATA_SOURCES, f"data.source must be one of {DATA_SOURCES}, got '{self.source}'"),
+            (self.split in ("train", "test"), f"data.split must be train or test, got '{self.split}'"),
+            (self.limit is None or self.limit > 0, "data.limit must be positive"),
+            (self.image_size is None or self.image_size in IMAGE_SIZES,
+             f"data.image_size must be one of {IMAGE_SIZES}, got {self.image_size}"),
+            (self.channels in (None, 1, 3), f"data.channels must be 1 or 3, got {self.channels}"),
+            (self.stack in (1, 3), f"data.stack must be 1 or 3, got {self.stack}"),
+            (self.stack == 1 or self.channels in (None, 3), "data.stack=3 makes 3-channel images; drop data.channels"),
+            (self.stack == 1 or self.source != "cifar10",
+             "data.stack=3 stacks grey images and cifar10 is colour; use fashion_mnist or mnist"),
+            (self.source not in MIXTURES or self.stack == 1, "data.stack=3 stacks images, not 2-D points"),
+        ]
+
 
 @dataclass
 class ModelConfig:
@@ -62,13 +111,21 @@ class ModelConfig:
     # Vector data (2-D mixtures) only: hidden widths of the MLP generator (PacGAN's: 4 x 400).
     mlp_hidden: List[int] = field(default_factory=lambda: [400, 400, 400, 400])
 
+    def checks(self) -> list[Check]:
+        return [
+            (self.nz > 0 and self.noise_dim > 0, "model.nz and model.noise_dim must be positive"),
+            *[(v > 0, f"model.{k} must be positive, got {v}") for k, v in (("ngf", self.ngf), ("fc_dim", self.fc_dim))],
+            (len(self.mapper_hidden) > 0 and min(self.mapper_hidden) > 0,
+             "model.mapper_hidden needs at least one layer, each of positive width"),
+        ]
+
 
 @dataclass
 class GLOConfig:
-    epochs: int = 200
+    epochs: int = resumable(200)
     batch_size: int = 128
-    lr_codes: float = 0.01
-    lr_generator: float = 0.003  # reference 0.001 (configs/fashion_mnist_reference.yaml); see benchmarks/glo_levers_cpu.md
+    lr_codes: float = resumable(0.01)
+    lr_generator: float = resumable(0.003)  # reference 0.001 (configs/fashion_mnist_reference.yaml); see benchmarks/glo_levers_cpu.md
     beta1: float = 0.5
     beta2: float = 0.999
     # Learning-rate schedule. cosine: half a cosine from the configured rates to 0 over the stage's
@@ -89,16 +146,28 @@ class GLOConfig:
     # Budget: stop GLO after this many seconds of training (across resumes). Counted inside epochs:
     # sample grids and checkpoints between epochs are not, and the epoch in progress finishes its
     # current CHECK_EVERY steps, so the stage's wall-clock ends a little later.
-    max_seconds: Optional[float] = None
+    max_seconds: Optional[float] = resumable(None)
     # vgg/lpips only: use randomly initialised backbones (tests and timing; not for real training).
     loss_random_weights: bool = False
+
+    def checks(self) -> list[Check]:
+        return [
+            (self.loss in LOSSES, f"glo.loss must be one of {LOSSES}, got '{self.loss}'"),
+            (self.init in CODE_INITS, f"glo.init must be one of {CODE_INITS}, got '{self.init}'"),
+            (self.code_steps in ("row", "shared"), f"glo.code_steps must be row or shared, got '{self.code_steps}'"),
+            _budget("glo.max_seconds", self.max_seconds),
+            (self.epochs >= 0, f"glo.epochs must be >= 0, got {self.epochs}"),
+            *_positive_lrs("glo", lr_codes=self.lr_codes, lr_generator=self.lr_generator),
+            *_betas("glo", self.beta1, self.beta2),
+            *_schedule("glo", self.schedule, self.decay_every, self.decay_rate),
+        ]
 
 
 @dataclass
 class IMLEConfig:
-    epochs: int = 50
+    epochs: int = resumable(50)
     batch_size: int = 128
-    lr: float = 0.01  # reference 0.001: with imle.sphere, 0.01 reached a lower FD in the same time
+    lr: float = resumable(0.01)  # reference 0.001: with imle.sphere, 0.01 reached a lower FD in the same time
     beta1: float = 0.5
     beta2: float = 0.999
     weight_decay: float = 1e-5
@@ -122,14 +191,32 @@ class IMLEConfig:
     # code (one more search per refresh). IMLE's own objective (data -> sample) leaves a sample that
     # is no code's nearest where it is, which costs precision. 0: plain IMLE. One process only.
     precision_weight: float = 0.0
-    knn_backend: str = "auto"
-    knn_query_batch: Optional[int] = None  # queries per k-NN tile; None: 2048 on CPU, 16384 on a GPU
-    max_seconds: Optional[float] = None  # budget: stop IMLE after this many seconds of training, as glo.max_seconds
+    knn_backend: str = resumable("auto")
+    knn_query_batch: Optional[int] = resumable(None)  # queries per k-NN tile; None: 2048 on CPU, 16384 on a GPU
+    max_seconds: Optional[float] = resumable(None)  # budget: stop IMLE after this many seconds of training, as glo.max_seconds
     # The split of a whole-method budget (top-level max_seconds): IMLE is given the time of
     # budget_epochs epochs, measured by a probe before GLO starts (glann.imle.epoch_seconds_estimate),
     # but at most budget_max_share of the budget; GLO gets the rest, and IMLE whatever GLO leaves.
     budget_epochs: int = 25
     budget_max_share: float = 0.4
+
+    def checks(self) -> list[Check]:
+        return [
+            (self.knn_backend in KNN_BACKENDS, f"imle.knn_backend must be one of {KNN_BACKENDS}, got '{self.knn_backend}'"),
+            (self.samples_per_point > 0, "imle.samples_per_point must be positive"),
+            (self.precision_weight >= 0, f"imle.precision_weight must be >= 0, got {self.precision_weight}"),
+            (self.rs_quantile is None or 0 < self.rs_quantile < 1,
+             f"imle.rs_quantile must be in (0, 1) (or null: plain IMLE), got {self.rs_quantile}"),
+            _budget("imle.max_seconds", self.max_seconds),
+            (self.budget_epochs >= 1 and 0 < self.budget_max_share < 1,
+             f"imle.budget_epochs must be >= 1 and imle.budget_max_share in (0, 1), got {self.budget_epochs} "
+             f"and {self.budget_max_share}"),
+            (self.epochs >= 0, f"imle.epochs must be >= 0, got {self.epochs}"),
+            *_positive_lrs("imle", lr=self.lr),
+            *_betas("imle", self.beta1, self.beta2),
+            *_schedule("imle", self.schedule, self.decay_every, self.decay_rate),
+            (self.weight_decay >= 0, f"imle.weight_decay must be >= 0, got {self.weight_decay}"),
+        ]
 
 
 @dataclass
@@ -137,11 +224,11 @@ class GANConfig:
     """The adversarial baseline (method: gan). Defaults: DCGAN (Radford et al. 2016) with the
     non-saturating loss; every stabiliser off, each one a switch."""
 
-    epochs: int = 25
+    epochs: int = resumable(25)
     batch_size: int = 64
     loss: str = "nonsaturating"  # minimax | nonsaturating | lsgan | wgan-gp | hinge
-    lr_generator: float = 2e-4
-    lr_discriminator: float = 2e-4  # TTUR (Heusel et al. 2017) sets this higher than lr_generator
+    lr_generator: float = resumable(2e-4)
+    lr_discriminator: float = resumable(2e-4)  # TTUR (Heusel et al. 2017) sets this higher than lr_generator
     beta1: float = 0.5
     beta2: float = 0.999
     ndf: int = 64  # width of the first discriminator conv layer; later ones double
@@ -155,8 +242,24 @@ class GANConfig:
     r1_gamma: float = 0.0  # R1 penalty weight on real data (Mescheder et al. 2018); 0: off
     gp_lambda: float = 10.0  # WGAN-GP gradient-penalty weight (used by loss wgan-gp only)
     feature_matching: float = 0.0  # weight of the feature-matching term added to G's loss; 0: off
-    max_steps: Optional[int] = None  # budget: stop after this many generator updates
-    max_seconds: Optional[float] = None  # budget: stop after this much training wall-clock time
+    max_steps: Optional[int] = resumable(None)  # budget: stop after this many generator updates
+    max_seconds: Optional[float] = resumable(None)  # budget: stop after this much training wall-clock time
+
+    def checks(self) -> list[Check]:
+        return [
+            (self.loss in GAN_LOSSES, f"gan.loss must be one of {GAN_LOSSES}, got '{self.loss}'"),
+            _budget("gan.max_seconds", self.max_seconds),
+            (self.epochs >= 0 and self.batch_size > 0 and self.n_critic >= 1 and self.pack >= 1,
+             "gan.epochs must be >= 0, gan.batch_size > 0, gan.n_critic >= 1 and gan.pack >= 1"),
+            (self.pack < 1 or self.batch_size % self.pack == 0,  # pack < 1 is refused above
+             f"gan.batch_size ({self.batch_size}) must be a multiple of gan.pack ({self.pack})"),
+            (0.0 <= self.label_smoothing < 0.5, "gan.label_smoothing must be in [0, 0.5); 0.1 is usual"),
+            (not (self.d_batch_norm and (self.loss == "wgan-gp" or self.r1_gamma > 0)),
+             "gradient penalties are per sample and batch norm mixes samples: set gan.d_batch_norm=false "
+             "with gan.loss=wgan-gp or gan.r1_gamma > 0"),
+            *_positive_lrs("gan", lr_generator=self.lr_generator, lr_discriminator=self.lr_discriminator),
+            *_betas("gan", self.beta1, self.beta2),
+        ]
 
 
 @dataclass
@@ -165,6 +268,10 @@ class EvalConfig:
     # Needs labelled data; the first check of a dataset trains and caches its domain classifier.
     every: int = 0
     num_samples: int = 2000  # samples (and training images) per check: about 2 s on a 2-core CPU
+
+    def checks(self) -> list[Check]:
+        return [(self.every >= 0 and self.num_samples >= 10,
+                 "eval.every must be >= 0 (0: off) and eval.num_samples >= 10")]
 
 
 @dataclass
@@ -178,31 +285,42 @@ class PerfConfig:
     fused_adam: bool = False  # torch's fused Adam kernel for the generator (CPU and CUDA)
     compile: bool = False  # torch.compile the generator's training forward (the first epoch pays for compiling)
 
+    def checks(self) -> list[Check]:
+        return [(self.amp in ("none", "bf16"), f"perf.amp must be none or bf16, got '{self.amp}'")]
+
 
 @dataclass
 class GlannConfig:
-    name: str = "fashion_mnist"
-    out_dir: str = "runs"
+    name: str = resumable("fashion_mnist")
+    out_dir: str = resumable("runs")
     seed: int = 0
     # One time budget for the whole method, in seconds of training: a GAN stops there (gan.max_seconds);
     # GLANN splits it between GLO and IMLE (imle.budget_epochs) and ends with an exported run. A
     # per-stage max_seconds given as well wins for its stage. Epoch counts still cap each stage.
-    max_seconds: Optional[float] = None
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    checkpoint_every: int = 1  # epochs
-    sample_every: int = 1  # epochs between PNG grids
-    grid_size: int = 64
+    max_seconds: Optional[float] = resumable(None)
+    device: str = resumable("auto")  # auto | cpu | cuda | cuda:N
+    checkpoint_every: int = resumable(1)  # epochs
+    sample_every: int = resumable(1)  # epochs between PNG grids
+    grid_size: int = resumable(64)
     # On a NaN/Inf loss: false stops at the first bad step (last good checkpoint kept); true skips
     # that batch's update and counts it (costs one host sync per step on GPUs).
-    skip_nonfinite: bool = False
+    skip_nonfinite: bool = resumable(False)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     glo: GLOConfig = field(default_factory=GLOConfig)
     imle: IMLEConfig = field(default_factory=IMLEConfig)
     method: str = "glann"  # glann | gan (the adversarial baseline, configured by `gan`)
     gan: GANConfig = field(default_factory=GANConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    perf: PerfConfig = field(default_factory=PerfConfig)
+    eval: EvalConfig = resumable(factory=EvalConfig)
+    perf: PerfConfig = resumable(factory=PerfConfig)
+
+    def checks(self) -> list[Check]:
+        """The top-level fields' own checks (the sections have theirs; validate adds the rules between them)."""
+        return [
+            _budget("max_seconds", self.max_seconds),
+            (self.grid_size >= 1, f"grid_size must be >= 1, got {self.grid_size}"),
+            (self.method in METHODS, f"method must be one of {METHODS}, got '{self.method}'"),
+        ]
 
 
 def _fail(exc: OmegaConfBaseException, where: str) -> ConfigError:
@@ -256,85 +374,26 @@ def load_config(path: Union[str, Path, None] = None, overrides: Sequence[str] = 
 
 
 def validate(cfg: GlannConfig) -> None:
-    """Range checks OmegaConf's type checks cannot express."""
-    checks: list[tuple[bool, str]] = [
-        (cfg.data.source in DATA_SOURCES, f"data.source must be one of {DATA_SOURCES}, got '{cfg.data.source}'"),
-        (cfg.data.split in ("train", "test"), f"data.split must be train or test, got '{cfg.data.split}'"),
-        (cfg.data.limit is None or cfg.data.limit > 0, "data.limit must be positive"),
-        (cfg.data.image_size is None or cfg.data.image_size in IMAGE_SIZES,
-         f"data.image_size must be one of {IMAGE_SIZES}, got {cfg.data.image_size}"),
-        (cfg.data.channels in (None, 1, 3), f"data.channels must be 1 or 3, got {cfg.data.channels}"),
-        (cfg.glo.loss in LOSSES, f"glo.loss must be one of {LOSSES}, got '{cfg.glo.loss}'"),
-        (cfg.glo.init in CODE_INITS, f"glo.init must be one of {CODE_INITS}, got '{cfg.glo.init}'"),
-        (cfg.glo.code_steps in ("row", "shared"), f"glo.code_steps must be row or shared, got '{cfg.glo.code_steps}'"),
-        *[(kind in SCHEDULES, f"{k}.schedule must be one of {SCHEDULES}, got '{kind}'")
-          for k, kind in (("glo", cfg.glo.schedule), ("imle", cfg.imle.schedule))],
-        (cfg.perf.amp in ("none", "bf16"), f"perf.amp must be none or bf16, got '{cfg.perf.amp}'"),
-        (cfg.data.stack in (1, 3), f"data.stack must be 1 or 3, got {cfg.data.stack}"),
-        (cfg.data.stack == 1 or cfg.data.channels in (None, 3), "data.stack=3 makes 3-channel images; drop data.channels"),
-        (cfg.data.stack == 1 or cfg.data.source != "cifar10",
-         "data.stack=3 stacks grey images and cifar10 is colour; use fashion_mnist or mnist"),
+    """Range checks OmegaConf's type checks cannot express: each section's own (its `checks`), then
+    the rules that tie sections together. Raises ConfigError with the first that fails."""
+    sections = (cfg, cfg.data, cfg.model, cfg.glo, cfg.imle, cfg.gan, cfg.eval, cfg.perf)
+    mixture = cfg.data.source in MIXTURES
+    cross: list[Check] = [
         (cfg.data.stack == 1 or not cfg.eval.every,
          "eval.every > 0 logs the domain FD of single images; stacked runs are scored by `glann evaluate` "
          "(modes per channel): set eval.every=0"),
-        (cfg.data.source not in MIXTURES or cfg.glo.loss in ("l1", "l2"),
+        (not mixture or cfg.glo.loss in ("l1", "l2"),
          f"data.source={cfg.data.source} is 2-D vector data: set glo.loss=l2 (or l1); '{cfg.glo.loss}' is an image loss"),
-        (cfg.data.source not in MIXTURES or cfg.data.stack == 1, "data.stack=3 stacks images, not 2-D points"),
-        (cfg.data.source not in MIXTURES or not cfg.eval.every,
+        (not mixture or not cfg.eval.every,
          "eval.every > 0 logs the domain FD of images; set eval.every=0 for 2-D mixture data"),
         (len(cfg.model.mlp_hidden) > 0 and len(cfg.gan.d_hidden) > 0
          and min(cfg.model.mlp_hidden + cfg.gan.d_hidden) > 0,
          "model.mlp_hidden and gan.d_hidden need at least one layer, each of positive width"),
-        (cfg.imle.knn_backend in KNN_BACKENDS,
-         f"imle.knn_backend must be one of {KNN_BACKENDS}, got '{cfg.imle.knn_backend}'"),
-        (cfg.imle.samples_per_point > 0, "imle.samples_per_point must be positive"),
-        (cfg.imle.precision_weight >= 0, f"imle.precision_weight must be >= 0, got {cfg.imle.precision_weight}"),
-        (cfg.imle.rs_quantile is None or 0 < cfg.imle.rs_quantile < 1,
-         f"imle.rs_quantile must be in (0, 1) (or null: plain IMLE), got {cfg.imle.rs_quantile}"),
-        *[(s is None or s > 0, f"{name}.max_seconds must be positive (or null: no time budget), got {s}")
-          for name, s in (("glo", cfg.glo.max_seconds), ("imle", cfg.imle.max_seconds), ("gan", cfg.gan.max_seconds))],
-        (cfg.max_seconds is None or cfg.max_seconds > 0,
-         f"max_seconds must be positive (or null: no time budget), got {cfg.max_seconds}"),
-        (cfg.imle.budget_epochs >= 1 and 0 < cfg.imle.budget_max_share < 1,
-         f"imle.budget_epochs must be >= 1 and imle.budget_max_share in (0, 1), got {cfg.imle.budget_epochs} "
-         f"and {cfg.imle.budget_max_share}"),
-        (cfg.glo.epochs >= 0, f"glo.epochs must be >= 0, got {cfg.glo.epochs}"),
-        (cfg.imle.epochs >= 0, f"imle.epochs must be >= 0, got {cfg.imle.epochs}"),
         (cfg.glo.batch_size > 0 and cfg.imle.batch_size > 0, "glo.batch_size and imle.batch_size must be positive"),
-        (cfg.model.nz > 0 and cfg.model.noise_dim > 0, "model.nz and model.noise_dim must be positive"),
-        *[(v > 0, f"model.{k} must be positive, got {v}")
-          for k, v in (("ngf", cfg.model.ngf), ("fc_dim", cfg.model.fc_dim))],
-        (len(cfg.model.mapper_hidden) > 0 and min(cfg.model.mapper_hidden) > 0,
-         "model.mapper_hidden needs at least one layer, each of positive width"),
-        (cfg.grid_size >= 1, f"grid_size must be >= 1, got {cfg.grid_size}"),
-        *[(math.isfinite(v) and v > 0, f"{k} must be a positive learning rate, got {v}")
-          for k, v in (("glo.lr_codes", cfg.glo.lr_codes), ("glo.lr_generator", cfg.glo.lr_generator),
-                       ("imle.lr", cfg.imle.lr), ("gan.lr_generator", cfg.gan.lr_generator),
-                       ("gan.lr_discriminator", cfg.gan.lr_discriminator))],
-        *[(0.0 <= v < 1.0, f"{k} must be in [0, 1), got {v}")
-          for k, v in (("glo.beta1", cfg.glo.beta1), ("glo.beta2", cfg.glo.beta2), ("imle.beta1", cfg.imle.beta1),
-                       ("imle.beta2", cfg.imle.beta2), ("gan.beta1", cfg.gan.beta1), ("gan.beta2", cfg.gan.beta2))],
-        *[(every >= 1 and 0 < rate <= 1, f"{k}.decay_every must be >= 1 and {k}.decay_rate in (0, 1], "
-                                         f"got {every} and {rate}")
-          for k, every, rate in (("glo", cfg.glo.decay_every, cfg.glo.decay_rate),
-                                 ("imle", cfg.imle.decay_every, cfg.imle.decay_rate))],
-        (cfg.imle.weight_decay >= 0, f"imle.weight_decay must be >= 0, got {cfg.imle.weight_decay}"),
         (cfg.imle.refresh_every >= 1 and cfg.checkpoint_every >= 1 and cfg.sample_every >= 1,
          "imle.refresh_every, checkpoint_every and sample_every must be >= 1"),
-        (cfg.method in METHODS, f"method must be one of {METHODS}, got '{cfg.method}'"),
-        (cfg.eval.every >= 0 and cfg.eval.num_samples >= 10,
-         "eval.every must be >= 0 (0: off) and eval.num_samples >= 10"),
-        (cfg.gan.loss in GAN_LOSSES, f"gan.loss must be one of {GAN_LOSSES}, got '{cfg.gan.loss}'"),
-        (cfg.gan.epochs >= 0 and cfg.gan.batch_size > 0 and cfg.gan.n_critic >= 1 and cfg.gan.pack >= 1,
-         "gan.epochs must be >= 0, gan.batch_size > 0, gan.n_critic >= 1 and gan.pack >= 1"),
-        (cfg.gan.batch_size % cfg.gan.pack == 0,
-         f"gan.batch_size ({cfg.gan.batch_size}) must be a multiple of gan.pack ({cfg.gan.pack})"),
-        (0.0 <= cfg.gan.label_smoothing < 0.5, "gan.label_smoothing must be in [0, 0.5); 0.1 is usual"),
-        (not (cfg.gan.d_batch_norm and (cfg.gan.loss == "wgan-gp" or cfg.gan.r1_gamma > 0)),
-         "gradient penalties are per sample and batch norm mixes samples: set gan.d_batch_norm=false "
-         "with gan.loss=wgan-gp or gan.r1_gamma > 0"),
     ]
-    for ok, msg in checks:
+    for ok, msg in [c for section in sections for c in section.checks()] + cross:
         if not ok:
             raise ConfigError(msg)
 
@@ -352,3 +411,68 @@ def config_from_dict(d: dict[str, Any]) -> GlannConfig:
     cfg: GlannConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     validate(cfg)
     return cfg
+
+
+def resumable_keys(cls: type = GlannConfig, prefix: str = "") -> set[str]:
+    """The dotted keys a resume may change (fields marked `resumable`); a marked section is given
+    as its prefix with a trailing dot ("perf.")."""
+    keys: set[str] = set()
+    for f in dataclasses.fields(cls):
+        section = f.default_factory if dataclasses.is_dataclass(f.default_factory) else None
+        if f.metadata.get("resumable"):
+            keys.add(f"{prefix}{f.name}." if section else f"{prefix}{f.name}")
+        elif section:
+            keys |= resumable_keys(section, f"{prefix}{f.name}.")  # type: ignore[arg-type]
+    return keys
+
+
+def _leaves(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        return {k: v for key, val in d.items() for k, v in _leaves(val, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: d}
+
+
+def check_resume_overrides(saved: GlannConfig, merged: GlannConfig) -> None:
+    """ConfigError naming each key an override changed that a resumed run cannot take."""
+    before = _leaves(OmegaConf.to_container(OmegaConf.structured(saved)))
+    after = _leaves(OmegaConf.to_container(OmegaConf.structured(merged)))
+    ok = resumable_keys()
+    bad = [k for k in after if after[k] != before.get(k)
+           and not any(k == r or (r.endswith(".") and k.startswith(r)) for r in ok)]
+    if bad:
+        raise ConfigError(f"--resume cannot change {', '.join(bad)}: the run's checkpoints and data were made "
+                          f"without it; start a new run (another name=...) or drop the override")
+
+
+def read_run_config(run_dir: Union[str, Path], overrides: Sequence[str] = ()) -> Optional[GlannConfig]:
+    """A run directory's config.yaml (None when it has none), with `key=value` overrides on top.
+
+    Overrides are those a resume may take (check_resume_overrides); a stage's epochs cannot be set
+    below the epochs its checkpoint has trained. CheckpointError for a file that is not a config.
+    """
+    f = Path(run_dir) / "config.yaml"
+    if not f.is_file():
+        return None
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(f))
+    except Exception as exc:  # yaml errors: a hand edit gone wrong
+        raise CheckpointError(f"{f} is not valid YAML ({str(exc).splitlines()[0]}); fix it by hand "
+                              f"or restore it from a copy") from exc
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{f} does not hold a config (a mapping of keys); fix it or restore it from a copy")
+    saved = config_from_dict(raw)
+    if not overrides:
+        return saved
+    merged = load_config(f, overrides)
+    check_resume_overrides(saved, merged)
+    # torch comes with the checkpoints, and only here: `import glann` (and the CLI's --help) stays torch-free
+    from .checkpoints import checkpoint_file, load_checkpoint
+
+    for stage in STAGES:  # a run can be lengthened, not shortened below its checkpoint
+        ckpt, epochs = checkpoint_file(Path(run_dir), stage), getattr(merged, stage).epochs
+        if epochs != getattr(saved, stage).epochs and ckpt.is_file():
+            done = int(load_checkpoint(ckpt, mmap=True)["epoch"]) + 1
+            if epochs < done:
+                raise ConfigError(f"{stage}.epochs={epochs} is below the {done} epochs this run has "
+                                  f"trained; resume with {stage}.epochs >= {done}, or start a new run")
+    return merged

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import IMAGE_SIZES, MIXTURES, DataConfig
+from .config import DATA_SOURCES, IMAGE_SIZES, MIXTURES, DataConfig
 from .errors import DataError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -103,8 +103,6 @@ def load_dataset(cfg: DataConfig, device: torch.device | str = "cpu", seed: int 
         points, labels = make_mixture(cfg.source, cfg.limit or MIXTURE_POINTS, seed=0 if cfg.split == "train" else 1)
         return Dataset(points.to(device), labels.to(device), cfg.source)
     else:  # config validation refuses this; evaluate --dataset NAME comes here directly
-        from .config import DATA_SOURCES
-
         raise DataError(f"unknown data.source '{cfg.source}'; use one of {', '.join(DATA_SOURCES)}")
 
     if labels is not None and labels.shape[0] != images.shape[0]:  # before `limit` cuts both to size

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
+from .checkpoints import atomic_write
+
 
 def to_model(x: torch.Tensor) -> torch.Tensor:
     """uint8 N x C x H x W in [0, 255] -> float32 in [-1, 1]; vectors (N x D) -> float32 unchanged."""
@@ -36,8 +38,6 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
         raise ValueError(f"save_grid writes .png or .jpg files, got '{path.name}'")
     if len(images) == 0:
         raise ValueError("save_grid got no images")
-    from .runs import atomic_write  # late: runs is the heavier module
-
     fmt = "jpeg" if path.suffix.lower() in (".jpg", ".jpeg") else "png"
     if images.ndim == 2:
         atomic_write(path, lambda tmp: save_scatter(images, tmp, fmt))

@@ -1,4 +1,6 @@
-"""Run directory: config, atomic checkpoints, resume, metrics log (jsonl + TensorBoard), exports.
+"""The run directory: its lock, config, stage checkpoints (saved, restored, retired) and metrics log
+(jsonl + TensorBoard). File I/O lives in glann/checkpoints.py, the loops' helpers in glann/loop.py,
+reading a run's saved config in glann/config.py (read_run_config).
 
 runs/<name>/
   config.yaml            the merged config; enough to rebuild the run
@@ -15,232 +17,17 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
-from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from .config import GlannConfig, config_from_dict, load_config, to_yaml
+from .checkpoints import atomic_write, checkpoint_file, load_checkpoint, save_checkpoint
+from .config import GlannConfig, read_run_config, to_yaml
 from .distributed import current as current_dist
-from .errors import CheckpointError, ConfigError, TrainingError
-
-MODEL_FILE = "model.safetensors"
-CHECK_EVERY = 50  # training steps between host syncs for the progress bar and the finiteness check
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), fsync, then rename over `path`: a kill never leaves a torn file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a run directory is shared like any other output
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # the rename itself survives a power cut only once the directory is on disk too
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:  # some filesystems refuse fsync on a directory: the file itself is whole anyway
-        pass
-
-
-def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Atomically save a dict of tensors, numbers, strings and nested containers of them.
-
-    A failed write (disk full, permissions) raises CheckpointError; the previous file is untouched.
-    """
-    try:
-        atomic_write(path, lambda tmp: torch.save(state, tmp))
-    except OSError as exc:
-        raise CheckpointError(f"could not write checkpoint {path} ({exc.strerror or exc}); the previous "
-                              f"checkpoint there is intact: free space or fix permissions, then --resume") from exc
-
-
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
-    """Load with weights_only=True: tensors and plain containers only, never arbitrary pickled objects.
-    mmap=True maps the tensors instead of reading them: for a look at the epoch or a few scalars."""
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"checkpoint {path} does not exist") from exc
-    except Exception as exc:
-        raise CheckpointError(f"checkpoint {path} is unreadable or not a plain-tensor checkpoint "
-                              f"({str(exc).splitlines()[0]}); delete it to start that stage again") from exc
-
-
-def check_finite(value: float, stage: str, epoch: int, step: int, run: Optional[Run]) -> None:
-    """Raise TrainingError, naming epoch and step, when a running loss is NaN or infinite."""
-    if math.isfinite(value):
-        return
-    ckpt = run.checkpoint_path(stage.lower()) if run else None
-    where = f"the last good checkpoint {ckpt} is kept" if ckpt and ckpt.is_file() else "no checkpoint was written yet"
-    raise TrainingError(f"non-finite {stage} loss at epoch {epoch}, step {step}; {where}; "
-                        f"lower the learning rates or check the data, then resume with --resume")
-
-
-
-# Keys a resume may change: how long and how fast the run goes on and what it logs. Anything else
-# (model, data, losses, seeds) would no longer match the run's checkpoints or its data.
-RESUMABLE_KEYS = ("max_seconds", "glo.epochs", "imle.epochs", "gan.epochs", "glo.max_seconds", "imle.max_seconds",
-                  "gan.max_seconds", "gan.max_steps", "glo.lr_codes", "glo.lr_generator", "imle.lr", "gan.lr_generator",
-                  "gan.lr_discriminator", "sample_every", "checkpoint_every", "grid_size", "device", "skip_nonfinite",
-                  "imle.knn_backend", "imle.knn_query_batch", "perf.", "eval.", "name", "out_dir")
-
-
-def _leaves(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict):
-        return {k: v for key, val in d.items() for k, v in _leaves(val, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: d}
-
-
-def check_resume_overrides(saved: GlannConfig, merged: GlannConfig) -> None:
-    """ConfigError naming each key an override changed that a resumed run cannot take."""
-    before = _leaves(OmegaConf.to_container(OmegaConf.structured(saved)))
-    after = _leaves(OmegaConf.to_container(OmegaConf.structured(merged)))
-    bad = [k for k in after if after[k] != before.get(k)
-           and not any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE_KEYS)]
-    if bad:
-        raise ConfigError(f"--resume cannot change {', '.join(bad)}: the run's checkpoints and data were made "
-                          f"without it; start a new run (another name=...) or drop the override")
-
-
-def keep_configured_lr(opt: torch.optim.Optimizer, lr: float, sched: Optional[Any] = None) -> None:
-    """After a resume, the configured base learning rate wins over the checkpoint's (e.g. a lower
-    glo.lr_generator after a NaN); the step decay reached so far is kept."""
-    base = sched.base_lrs[0] if sched is not None else opt.param_groups[0].get("initial_lr", opt.param_groups[0]["lr"])
-    if base == lr:
-        return
-    for group in opt.param_groups:
-        group["lr"] *= lr / base
-        if "initial_lr" in group:
-            group["initial_lr"] = lr
-    if sched is not None:
-        sched.base_lrs = [lr] * len(sched.base_lrs)
-        sched._last_lr = [group["lr"] for group in opt.param_groups]
-
-
-class Budget:
-    """A stage's training wall-clock, carried across resumes, against an optional limit in seconds.
-
-    `exhausted()` is agreed by every rank under torchrun: it is one all-reduce, so every rank must
-    call it at the same points (every CHECK_EVERY steps, not every step); without a limit it costs
-    nothing.
-    """
-
-    def __init__(self, limit: Optional[float], extra: dict[str, torch.Tensor]):
-        self.limit = limit
-        self.spent = float(extra["seconds"]) if "seconds" in extra else 0.0
-        self._t0 = time.perf_counter()
-
-    def start_epoch(self) -> None:
-        self._t0 = time.perf_counter()
-
-    def end_epoch(self, stage: str = "", epoch: int = 0, epochs: int = 0) -> bool:
-        """Close the epoch's timing; True when the budget is spent (agreed by every rank). With a
-        stage name, rank 0 says so when that cuts the stage short of its `epochs`."""
-        self.spent += time.perf_counter() - self._t0
-        self._t0 = time.perf_counter()
-        stop = self.exhausted(in_epoch=False)
-        if stop and stage and epoch + 1 < epochs and current_dist().is_main:
-            tqdm.write(f"{stage}: {stage.lower()}.max_seconds={self.limit:g} reached after {epoch + 1} of {epochs} epochs")
-        return stop
-
-    def fraction(self, in_epoch: bool = True) -> float:
-        """Share of the limit spent, agreed by every rank (their mean); 0 without a limit."""
-        if self.limit is None:
-            return 0.0
-        now = self.spent + (time.perf_counter() - self._t0 if in_epoch else 0.0)
-        d = current_dist()
-        return d.sum(now / self.limit) / d.world
-
-    def exhausted(self, in_epoch: bool = True) -> bool:
-        return self.limit is not None and self.fraction(in_epoch) >= 1.0
-
-    def state(self) -> dict[str, torch.Tensor]:
-        return {"seconds": torch.tensor(self.spent, dtype=torch.float64)}
-
-
-def step_scheduler(opt: torch.optim.Optimizer, kind: str, every: int, rate: float) -> Any:
-    """The epoch-end scheduler of a stage: StepLR for schedule=step (the reference); for cosine a
-    StepLR that never changes the rate (`Cosine` sets it), so checkpoints keep one layout."""
-    return torch.optim.lr_scheduler.StepLR(opt, every, rate if kind == "step" else 1.0)
-
-
-class Cosine:
-    """schedule=cosine: half a cosine from each optimiser's configured rate down to 0 over the stage.
-
-    Progress is the larger of the epochs done (to the step) over the stage's epochs and the
-    budget's spent share, so a run ends annealed whether its epochs or its seconds run out first.
-    The budget's share is refreshed only where `Budget.exhausted` is checked (every CHECK_EVERY
-    steps, agreed by every rank), so under torchrun all ranks use the same rates.
-    """
-
-    def __init__(self, kind: str, opts: Sequence[tuple[torch.optim.Optimizer, float]], epochs: int, steps: int):
-        self.on, self.opts, self.epochs, self.steps = kind == "cosine", opts, max(1, epochs), max(1, steps)
-        self.time_share = 0.0
-
-    def set(self, epoch: int, step: int) -> None:
-        if not self.on:
-            return
-        p = min(1.0, max((epoch + step / self.steps) / self.epochs, self.time_share))
-        factor = 0.5 * (1.0 + math.cos(math.pi * p))
-        for opt, base in self.opts:
-            for group in opt.param_groups:
-                group["lr"] = base * factor
-
-
-class LossTracker:
-    """Running mean of a stage's loss for one epoch, and the first non-finite step.
-
-    Default: no host sync per step; the first bad step is recorded on the device and
-    `flush` (every CHECK_EVERY steps) raises TrainingError naming it. With skip=True each
-    loss is checked at once (one sync per step) and a non-finite batch is skipped and counted.
-    """
-
-    def __init__(self, stage: str, epoch: int, run: Optional["Run"], device: torch.device, skip: bool = False):
-        self.stage, self.epoch, self.run, self.skip = stage, epoch, run, skip
-        self.total = torch.zeros((), device=device)
-        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
-        self.good = 0
-        self.skipped = 0
-
-    def add(self, loss: torch.Tensor, step: int) -> bool:
-        """Record `loss` (a scalar tensor); False means: skip this batch's update."""
-        loss = loss.detach()
-        if self.skip:
-            if not bool(torch.isfinite(loss)):
-                self.skipped += 1
-                return False
-        else:
-            bad = ~torch.isfinite(loss) & (self.first_bad < 0)
-            self.first_bad = torch.where(bad, torch.full_like(self.first_bad, step), self.first_bad)
-        self.total += loss
-        self.good += 1
-        return True
-
-    def flush(self) -> float:
-        """Host sync: raise on a recorded non-finite step, else return the running mean."""
-        first_bad = int(self.first_bad)
-        if first_bad >= 0:
-            check_finite(float("nan"), self.stage, self.epoch, first_bad, self.run)
-        if self.skip and self.good == 0 and self.skipped:
-            raise TrainingError(f"every {self.stage} batch of epoch {self.epoch} had a non-finite loss "
-                                f"({self.skipped} skipped); lower the learning rates or check the data")
-        return self.total.item() / max(self.good, 1)
+from .errors import CheckpointError
 
 
 class Run:
@@ -304,7 +91,7 @@ class Run:
 
         The kernel drops the lock when the process dies, even by SIGKILL, so no stale lock remains.
         """
-        import fcntl
+        import fcntl  # POSIX only: here, so that reading runs (sampler, report, evaluate) works without it
 
         f = open(self.path / ".lock", "a+")
         try:
@@ -320,34 +107,13 @@ class Run:
         self._lock = f
 
     def saved_config(self, overrides: Sequence[str] = ()) -> Optional[GlannConfig]:
-        """The run's config.yaml (None when it has none), with `key=value` overrides on top."""
-        f = self.path / "config.yaml"
-        if not f.is_file():
-            return None
-        try:
-            raw = OmegaConf.to_container(OmegaConf.load(f))
-        except Exception as exc:  # yaml errors: a hand edit gone wrong
-            raise CheckpointError(f"{f} is not valid YAML ({str(exc).splitlines()[0]}); fix it by hand "
-                                  f"or restore it from a copy") from exc
-        if not isinstance(raw, dict):
-            raise CheckpointError(f"{f} does not hold a config (a mapping of keys); fix it or restore it from a copy")
-        saved = config_from_dict(raw)
-        if not overrides:
-            return saved
-        merged = load_config(f, overrides)
-        check_resume_overrides(saved, merged)
-        for stage in ("glo", "imle", "gan"):  # a run can be lengthened, not shortened below its checkpoint
-            ckpt, epochs = self.checkpoint_path(stage), getattr(merged, stage).epochs
-            if epochs != getattr(saved, stage).epochs and ckpt.is_file():
-                done = int(load_checkpoint(ckpt, mmap=True)["epoch"]) + 1
-                if epochs < done:
-                    raise ConfigError(f"{stage}.epochs={epochs} is below the {done} epochs this run has "
-                                      f"trained; resume with {stage}.epochs >= {done}, or start a new run")
-        return merged
+        """The run's config.yaml (None when it has none), with `key=value` overrides on top
+        (glann.config.read_run_config)."""
+        return read_run_config(self.path, overrides)
 
     # ------------------------------------------------------------------ paths
     def checkpoint_path(self, stage: str) -> Path:
-        return self.path / "checkpoints" / f"{stage}.pt"
+        return checkpoint_file(self.path, stage)
 
     def sample_path(self, name: str) -> Path:
         return self.path / "samples" / f"{name}.png"

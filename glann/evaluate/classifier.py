@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ..data import Dataset, cache_dir
 from ..errors import CheckpointError, DataError
 from ..images import to_model
-from ..runs import atomic_write
+from ..checkpoints import atomic_write
 
 ARCH_VERSION = "cnn32-64-128-fc128-v1"  # part of the cache key: change it when the net or recipe changes
 SHIPPED_DIR = Path(__file__).parent / "weights"  # classifiers that come with the package, same file names
