@@ -18,7 +18,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .config import load_config
 from .errors import ConfigError
-from .runs import MODEL_FILE, atomic_write
+from .checkpoints import MODEL_FILE, atomic_write
+from .pipeline import train
+from .report import write_report
 
 TIMING_FILE = "timing.json"  # {"train_seconds": wall-clock of glann.train for this run}
 FEATURES = ("basic", "domain", "inception")
@@ -101,9 +103,6 @@ def compare(config: Union[str, Path, CompareConfig], overrides: List[str] = (),
             metrics_fn: Optional[Callable[[Path], dict]] = None) -> Path:
     """Train (or finish) every method x seed, evaluate each run and write report.md / report.html
     with PNG plots into <out_dir>/<name>/. Returns that directory."""
-    from .pipeline import train
-    from .report import write_report
-
     cc = config if isinstance(config, CompareConfig) else load_compare_config(config, overrides)
     root = Path(cc.out_dir) / cc.name
     run_dirs = []

@@ -9,9 +9,8 @@ learning rates. Every epoch it logs what diagnoses GAN failure and flags what it
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -20,10 +19,12 @@ from tqdm.auto import tqdm
 from .config import GlannConfig
 from .data import Dataset
 from .devices import to_device_async
-from .glo import build_generator
 from .images import save_grid, to_model, to_unit
-from .nets import Discriminator, Generator, MLPDiscriminator
-from .runs import CHECK_EVERY, Budget, Run, check_finite, keep_configured_lr
+from .evaluate.metrics import diversity
+from .evaluate.training import DomainFDCheck
+from .nets import Discriminator, Generator, build_discriminator, build_generator
+from .loop import CHECK_EVERY, Budget, check_finite, end_of_epoch, epoch_loop, keep_configured_lr
+from .runs import Run
 
 # Diagnostic thresholds (heuristics, documented so a reader can argue with them).
 VANISH_ACC = 0.99  # D right about (nearly) every real and every fake decision ...
@@ -44,15 +45,6 @@ class GANResult:
     flags: list[str] = field(default_factory=list)  # "epoch 3: mode collapse (...)", in order seen
     g_steps: int = 0  # generator updates in total (across resumes)
     seconds: float = 0.0  # training wall-clock in total (across resumes)
-
-
-def build_discriminator(cfg: GlannConfig, shape: Sequence[int]) -> Union[Discriminator, MLPDiscriminator]:
-    """The discriminator for samples of `shape`: (C, S, S) images -> DCGAN-style, (D,) vectors -> MLP."""
-    g = cfg.gan
-    if len(shape) == 1:
-        return MLPDiscriminator(shape[0], g.d_hidden, g.pack, g.minibatch_std, g.spectral_norm, g.d_batch_norm)
-    image_size, channels = shape[-1], shape[0]
-    return Discriminator(image_size, channels, g.ndf, g.pack, g.minibatch_std, g.spectral_norm, g.d_batch_norm)
 
 
 # ---------------------------------------------------------------------------- objectives
@@ -101,14 +93,6 @@ def r1_penalty(d_real: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- diagnostics
-def diversity(images: torch.Tensor) -> float:
-    """Mean pairwise L2 distance between images (float N x C x H x W), per pixel; 0 for identical ones."""
-    x = images.reshape(images.shape[0], -1).float()
-    d = torch.cdist(x, x)
-    n = x.shape[0]
-    return (d.sum() / max(n * (n - 1), 1)).item() / math.sqrt(x.shape[1])
-
-
 def diagnose(history: list[dict[str, float]]) -> dict[str, str]:
     """Failure flags for the last epoch of `history` (dicts with d_acc_real, d_acc_fake,
     g_grad_norm, diversity_ratio): {flag name: reason}; empty when nothing is seen."""
@@ -138,6 +122,23 @@ def diagnose(history: list[dict[str, float]]) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------- training
+@dataclass
+class _GANState:
+    """What the GAN's step loop works on, made by `_setup_gan`."""
+
+    G: Generator
+    D: Discriminator
+    opt_g: torch.optim.Adam
+    opt_d: torch.optim.Adam
+    state: dict  # what a checkpoint holds
+    rng: torch.Generator  # batch order, noise, penalty interpolates
+    budget: Budget  # gan.max_seconds, and gan.max_steps over its count of generator updates
+    start: int
+    batch: int
+    steps: int
+    history: list[dict[str, float]]  # the diagnostics diagnose() reads, one per epoch (resumes included)
+
+
 def train_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GANResult:
     """Train GLANN's generator adversarially on `data` (uint8 images, or float points, on the training device).
 
@@ -147,6 +148,46 @@ def train_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GAN
     With eval.every=K it logs the domain FD every K epochs, outside the timed part (as IMLE does),
     so a report can race GLANN and the GAN on one metric against training seconds.
     """
+    s, gc, device = _setup_gan(data, cfg, run), cfg.gan, data.images.device
+    grid_noise = torch.randn(max(cfg.grid_size, DIVERSITY_SAMPLES), cfg.model.nz,
+                             generator=torch.Generator().manual_seed(cfg.seed + 2)).to(device)
+    ref_idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed + 3))[:DIVERSITY_SAMPLES]
+    real_diversity = diversity(to_model(data.images[ref_idx.to(device)]))
+    flags: list[str] = []
+    fd_check = None  # built at the first check: data, classifier, reference features
+    for epoch, bar in epoch_loop("GAN", s.start, gc.epochs, s.budget):
+        s.G.train()
+        s.D.train()
+        sums, n_d, n_g = _gan_epoch(s, data, cfg, epoch, run)
+        stop = s.budget.end_epoch()
+        # -- diagnostics, on fixed noise so that epochs compare
+        s.G.eval()
+        with torch.no_grad():
+            samples = s.G(grid_noise)
+        s.G.train()
+        record = _diagnostics(sums, n_d, n_g, cfg.gan.loss, diversity(samples[:DIVERSITY_SAMPLES]) / max(real_diversity, 1e-12))
+        if run and run.is_main and cfg.eval.every and (epoch + 1) % cfg.eval.every == 0:
+            fd_check = fd_check or DomainFDCheck(cfg, device)
+            record["domain_fd"] = fd_check(s.G)  # no mapper: G takes the N(0, I) noise itself
+        s.history.append({k: record[k] for k in ("d_acc_real", "d_acc_fake", "g_grad_norm", "diversity_ratio")})
+        seen = diagnose(s.history)
+        flags += [f"epoch {epoch}: {reason}" for reason in seen.values()]
+        bar.set_postfix(d=f"{record['d_loss']:.3f}", g=f"{record['g_loss']:.3f}", flags=",".join(seen) or "-")
+        record.update(g_steps=s.budget.steps, seconds=s.budget.spent,
+                      **{f"flag_{k}": float(k in seen) for k in ("vanishing", "collapse", "oscillation")})
+        end_of_epoch(run, "gan", epoch, gc.epochs, stop, cfg.sample_every, cfg.checkpoint_every, record,
+                     save=lambda: run.save_stage("gan", epoch, s.state, s.rng, extra=s.budget.state()),
+                     grids=lambda: save_grid(to_unit(samples[:cfg.grid_size]),
+                                             run.sample_path(f"gan_samples_epoch{epoch:04d}")))
+        if stop:
+            break
+    s.G.eval()
+    s.D.eval()
+    return GANResult(s.G, s.D, s.history, flags, s.budget.steps, s.budget.spent)
+
+
+def _setup_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run]) -> _GANState:
+    """Both networks and optimisers, restored from run's checkpoint with the diagnostics logged so far."""
     device = data.images.device
     n, gc = len(data), cfg.gan
     torch.manual_seed(cfg.seed)  # module initialisation is the only user of the global RNG
@@ -160,112 +201,87 @@ def train_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GAN
     if start:
         keep_configured_lr(opt_g, gc.lr_generator)
         keep_configured_lr(opt_d, gc.lr_discriminator)
-    g_steps = int(extra["g_steps"]) if "g_steps" in extra else 0
-    budget = Budget(gc.max_seconds, extra)
     history = [{k: float(r[k]) for k in ("d_acc_real", "d_acc_fake", "g_grad_norm", "diversity_ratio")}
                for r in (run.read_metrics() if run else []) if r.get("stage") == "gan" and r["step"] < start]
-
     batch = min(gc.batch_size, n) // gc.pack * gc.pack
-    steps = n // batch
+    budget = Budget(gc.max_seconds, extra, max_steps=gc.max_steps, steps_key="g_steps")
+    return _GANState(G, D, opt_g, opt_d, state, rng, budget, start, batch, n // batch, history)
+
+
+def _gan_epoch(s: _GANState, data: Dataset, cfg: GlannConfig, epoch: int,
+               run: Optional[Run]) -> tuple[torch.Tensor, int, int]:
+    """One epoch of D steps, with a G step every gan.n_critic of them. Returns the running sums
+    (d_loss, g_loss, D right on real, D right on fake, G grad norm), D steps and G steps."""
+    gc, device = cfg.gan, data.images.device
     threshold = 0.5 if gc.loss == "lsgan" else 0.0  # logit above which D calls a decision real
-    grid_noise = torch.randn(max(cfg.grid_size, DIVERSITY_SAMPLES), cfg.model.nz,
-                             generator=torch.Generator().manual_seed(cfg.seed + 2)).to(device)
-    ref_idx = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 3))[:DIVERSITY_SAMPLES]
-    real_diversity = diversity(to_model(data.images[ref_idx.to(device)]))
-    flags: list[str] = []
-    fd_check = None  # built at the first check: data, classifier, reference features
-
-    def out_of_budget() -> bool:
-        return (gc.max_steps is not None and g_steps >= gc.max_steps) or budget.exhausted(in_epoch=False)
-
-    epochs = tqdm(range(start, gc.epochs), desc="GAN", unit="epoch", initial=start, total=gc.epochs)
-    for epoch in epochs:
-        if out_of_budget():
-            break
-        G.train()
-        D.train()
-        budget.start_epoch()
-        perm = to_device_async(torch.randperm(n, generator=rng), device)
-        # Running sums: d_loss, g_loss, D right on real, D right on fake, G grad norm; D steps; G steps.
-        sums = torch.zeros(5, device=device)
-        n_d = n_g = 0
-        bar = tqdm(range(steps), desc=f"GAN epoch {epoch}", unit="batch", leave=False,
+    perm = to_device_async(torch.randperm(len(data), generator=s.rng), device)
+    sums = torch.zeros(5, device=device)
+    n_d = n_g = 0
+    bar = tqdm(range(s.steps), desc=f"GAN epoch {epoch}", unit="batch", leave=False,
                disable=None)  # per-batch bars only on a terminal: in a log file they are noise
-        for step in bar:
-            real = to_model(data.images[perm[step * batch:(step + 1) * batch]])
-            z = to_device_async(torch.randn(batch, cfg.model.nz, generator=rng), device)
-            with torch.no_grad():
-                fake = G(z)
-            # -- discriminator step
-            real.requires_grad_(gc.r1_gamma > 0)
-            d_real, d_fake = D(real), D(fake)
-            loss_d = discriminator_loss(gc.loss, d_real, d_fake, gc.label_smoothing)
-            if gc.loss == "wgan-gp":
-                loss_d = loss_d + gc.gp_lambda * gradient_penalty(D, real.detach(), fake, rng)
-            if gc.r1_gamma > 0:
-                loss_d = loss_d + 0.5 * gc.r1_gamma * r1_penalty(d_real, real)
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
-            with torch.no_grad():
-                sums[0] += loss_d.detach()
-                sums[2] += (d_real > threshold).float().mean()
-                sums[3] += (d_fake <= threshold).float().mean()
-            n_d += 1
-            # -- generator step, every n_critic discriminator steps
-            if (step + 1) % gc.n_critic == 0:
-                z = to_device_async(torch.randn(batch, cfg.model.nz, generator=rng), device)
-                d_fake, f_fake = D(G(z), return_features=True)
-                loss_g = generator_loss(gc.loss, d_fake)
-                if gc.feature_matching > 0:
-                    # Salimans et al. 2016, sec. 3.1: match the mean of D's last features on real data.
-                    with torch.no_grad():
-                        f_real = D(real.detach(), return_features=True)[1]
-                    loss_g = loss_g + gc.feature_matching * (f_real.mean(0) - f_fake.mean(0)).pow(2).mean()
-                opt_g.zero_grad(set_to_none=True)
-                loss_g.backward()
-                gnorm = torch.nn.utils.clip_grad_norm_(G.parameters(), float("inf"))  # measures, never clips
-                opt_g.step()
-                with torch.no_grad():
-                    sums[1] += loss_g.detach()
-                    sums[4] += gnorm
-                n_g += 1
-                g_steps += 1
-            if (step + 1) % CHECK_EVERY == 0 or step + 1 == steps:
-                s = sums.tolist()  # one host sync every CHECK_EVERY steps
-                check_finite(s[0] / n_d + (s[1] / n_g if n_g else 0.0), "GAN", epoch, step, run)
-                bar.set_postfix(d=f"{s[0] / n_d:.3f}", g=f"{s[1] / max(n_g, 1):.3f}")
-            if (gc.max_steps is not None and g_steps >= gc.max_steps) or budget.exhausted():
-                break  # the budget ends mid-epoch: close this epoch and stop
-        budget.end_epoch()
-
-        # -- diagnostics, on fixed noise so that epochs compare
-        s = sums.tolist()
-        G.eval()
+    for step in bar:
+        real = to_model(data.images[perm[step * s.batch:(step + 1) * s.batch]])
+        d_real, d_fake, loss_d = _discriminator_step(s, cfg, real)
         with torch.no_grad():
-            samples = G(grid_noise)
-        G.train()
-        record = {"d_loss": s[0] / max(n_d, 1), "g_loss": s[1] / max(n_g, 1), "d_acc_real": s[2] / max(n_d, 1),
-                  "d_acc_fake": s[3] / max(n_d, 1), "g_grad_norm": s[4] / max(n_g, 1),
-                  "diversity_ratio": diversity(samples[:DIVERSITY_SAMPLES]) / max(real_diversity, 1e-12)}
-        if run and run.is_main and cfg.eval.every and (epoch + 1) % cfg.eval.every == 0:
-            from .evaluate.training import DomainFDCheck  # late: the evaluation suite loads only when asked for
+            sums[0] += loss_d.detach()
+            sums[2] += (d_real > threshold).float().mean()
+            sums[3] += (d_fake <= threshold).float().mean()
+        n_d += 1
+        if (step + 1) % gc.n_critic == 0:  # a generator step every n_critic discriminator steps
+            loss_g, gnorm = _generator_step(s, cfg, real)
+            with torch.no_grad():
+                sums[1] += loss_g.detach()
+                sums[4] += gnorm
+            n_g += 1
+            s.budget.count_step()
+        if (step + 1) % CHECK_EVERY == 0 or step + 1 == s.steps:
+            v = sums.tolist()  # one host sync every CHECK_EVERY steps
+            check_finite(v[0] / n_d + (v[1] / n_g if n_g else 0.0), "GAN", epoch, step, run)
+            bar.set_postfix(d=f"{v[0] / n_d:.3f}", g=f"{v[1] / max(n_g, 1):.3f}")
+        if s.budget.exhausted():
+            break  # the budget ends mid-epoch: close this epoch and stop
+    return sums, n_d, n_g
 
-            fd_check = fd_check or DomainFDCheck(cfg, device)
-            record["domain_fd"] = fd_check(G)  # no mapper: G takes the N(0, I) noise itself
-        history.append({k: record[k] for k in ("d_acc_real", "d_acc_fake", "g_grad_norm", "diversity_ratio")})
-        seen = diagnose(history)
-        flags += [f"epoch {epoch}: {reason}" for reason in seen.values()]
-        epochs.set_postfix(d=f"{record['d_loss']:.3f}", g=f"{record['g_loss']:.3f}",
-                           flags=",".join(seen) or "-")
-        if run:
-            run.log("gan", epoch, **record, g_steps=g_steps, seconds=budget.spent,
-                    **{f"flag_{k}": float(k in seen) for k in ("vanishing", "collapse", "oscillation")})
-            if (epoch + 1) % cfg.sample_every == 0 or epoch + 1 == gc.epochs or out_of_budget():
-                save_grid(to_unit(samples[:cfg.grid_size]), run.sample_path(f"gan_samples_epoch{epoch:04d}"))
-            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == gc.epochs or out_of_budget():
-                run.save_stage("gan", epoch, state, rng, extra={"g_steps": torch.tensor(g_steps), **budget.state()})
-    G.eval()
-    D.eval()
-    return GANResult(G, D, history, flags, g_steps, budget.spent)
 
+def _discriminator_step(s: _GANState, cfg: GlannConfig, real: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """One D update on a real batch and as many fakes; returns D's logits on both and its loss."""
+    gc = cfg.gan
+    z = to_device_async(torch.randn(s.batch, cfg.model.nz, generator=s.rng), real.device)
+    with torch.no_grad():
+        fake = s.G(z)
+    real.requires_grad_(gc.r1_gamma > 0)
+    d_real, d_fake = s.D(real), s.D(fake)
+    loss_d = discriminator_loss(gc.loss, d_real, d_fake, gc.label_smoothing)
+    if gc.loss == "wgan-gp":
+        loss_d = loss_d + gc.gp_lambda * gradient_penalty(s.D, real.detach(), fake, s.rng)
+    if gc.r1_gamma > 0:
+        loss_d = loss_d + 0.5 * gc.r1_gamma * r1_penalty(d_real, real)
+    s.opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    s.opt_d.step()
+    return d_real, d_fake, loss_d
+
+
+def _generator_step(s: _GANState, cfg: GlannConfig, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One G update on fresh noise; returns its loss and gradient norm (measured, never clipped)."""
+    gc = cfg.gan
+    z = to_device_async(torch.randn(s.batch, cfg.model.nz, generator=s.rng), real.device)
+    d_fake, f_fake = s.D(s.G(z), return_features=True)
+    loss_g = generator_loss(gc.loss, d_fake)
+    if gc.feature_matching > 0:
+        # Salimans et al. 2016, sec. 3.1: match the mean of D's last features on real data.
+        with torch.no_grad():
+            f_real = s.D(real.detach(), return_features=True)[1]
+        loss_g = loss_g + gc.feature_matching * (f_real.mean(0) - f_fake.mean(0)).pow(2).mean()
+    s.opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(s.G.parameters(), float("inf"))
+    s.opt_g.step()
+    return loss_g, gnorm
+
+
+def _diagnostics(sums: torch.Tensor, n_d: int, n_g: int, loss: str, diversity_ratio: float) -> dict[str, float]:
+    """The epoch's means of what diagnose() reads, and its losses."""
+    v = sums.tolist()
+    return {"d_loss": v[0] / max(n_d, 1), "g_loss": v[1] / max(n_g, 1), "d_acc_real": v[2] / max(n_d, 1),
+            "d_acc_fake": v[3] / max(n_d, 1), "g_grad_norm": v[4] / max(n_g, 1), "diversity_ratio": diversity_ratio}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -17,10 +17,11 @@ from .data import Dataset
 from .devices import to_device_async
 from .images import save_grid, to_model, to_unit
 from .losses import make_loss
-from .nets import Generator, MLPGenerator, sphere
+from .nets import Generator, build_generator, sphere
 from .distributed import ShardedState
 from .distributed import current as current_dist
-from .runs import CHECK_EVERY, Budget, Cosine, LossTracker, Run, keep_configured_lr, step_scheduler
+from .loop import CHECK_EVERY, Budget, Cosine, LossTracker, end_of_epoch, epoch_loop, keep_configured_lr, step_scheduler
+from .runs import Run
 
 PCA_SUBSET = 10000  # images the code PCA is fitted on (a low-rank PCA: memory stays bounded at any N)
 
@@ -88,12 +89,26 @@ class GLOResult:
     seconds: float = 0.0  # GLO training seconds in all, resumes included (what its budget counted)
 
 
-def build_generator(cfg: GlannConfig, shape: Sequence[int]) -> Union[Generator, MLPGenerator]:
-    """The generator for samples of `shape`: (C, S, S) images -> Generator, (D,) vectors -> MLPGenerator."""
-    m = cfg.model
-    if len(shape) == 1:
-        return MLPGenerator(m.nz, shape[0], m.mlp_hidden, m.batch_norm)
-    return Generator(m.nz, shape[-1], shape[0], m.ngf, m.fc_dim, m.batch_norm)
+@dataclass
+class _GLOState:
+    """What GLO's step loop works on, made by `_setup_glo`."""
+
+    G: Generator
+    G_train: nn.Module  # G, wrapped for torchrun (DDP) or torch.compile when asked
+    codes: nn.Embedding  # this rank's codes
+    images: torch.Tensor  # this rank's images
+    opt_g: torch.optim.Adam
+    opt_z: RowAdam
+    sched_g: torch.optim.lr_scheduler.StepLR
+    sched_z: torch.optim.lr_scheduler.StepLR
+    loss_fn: nn.Module
+    state: dict  # what a checkpoint holds
+    rng: torch.Generator  # code init and batch order
+    budget: Budget
+    cosine: Cosine
+    start: int  # the first epoch to train (a resume's next)
+    batch: int  # per rank
+    steps: int  # per epoch
 
 
 def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLOResult:
@@ -102,8 +117,37 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
     Resumes from run's GLO checkpoint when there is one. Raises TrainingError on a non-finite loss,
     leaving the last good checkpoint in place.
     """
+    s, gc, d = _setup_glo(data, cfg, run), cfg.glo, current_dist()
+    losses: list[float] = []
+    throughput: list[float] = []
+    grid_idx = torch.arange(min(cfg.grid_size, len(s.images)), device=s.images.device)
+    for epoch, bar in epoch_loop("GLO", s.start, gc.epochs, s.budget):
+        t0 = time.perf_counter()
+        tracker, done = _glo_epoch(s, cfg, epoch, run)
+        stop = s.budget.end_epoch("GLO", epoch, gc.epochs)  # agreed by every rank: the last epoch of the budget
+        s.cosine.time_share = s.budget.fraction(in_epoch=False)
+        s.sched_g.step()
+        s.sched_z.step()
+        mean = d.sum(tracker.flush()) / d.world
+        losses.append(mean)
+        throughput.append(done * s.batch * d.world / (time.perf_counter() - t0))
+        bar.set_postfix(loss=f"{mean:.4f}")
+        record = dict(loss=mean, skipped_batches=tracker.skipped, lr_codes=s.opt_z.param_groups[0]["lr"],
+                      lr_generator=s.opt_g.param_groups[0]["lr"], images_per_s=throughput[-1], seconds=s.budget.spent)
+        end_of_epoch(run, "glo", epoch, gc.epochs, stop, cfg.sample_every, cfg.checkpoint_every, record,
+                     save=lambda: run.save_stage("glo", epoch, s.state, s.rng, extra=s.budget.state()),
+                     grids=lambda: _save_glo_grids(s.G, s.codes.weight.detach(), s.images, grid_idx, cfg.seed,
+                                                   run, epoch))
+        if stop:
+            break
+    s.G.eval()
+    return GLOResult(s.G, s.codes.weight.detach(), losses, throughput, s.start + len(losses), s.budget.spent)
+
+
+def _setup_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run]) -> _GLOState:
+    """Networks, codes (initialised, or restored from run's checkpoint), optimisers and budget."""
     device = data.images.device
-    n, gc = len(data), cfg.glo
+    n, gc, pc = len(data), cfg.glo, cfg.perf
     d = current_dist()  # under torchrun: this rank trains the codes of its shard of the images only
     mine = d.shard(n, device)
     images = data.images[mine] if d.active else data.images
@@ -111,7 +155,6 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
     torch.manual_seed(cfg.seed)  # module initialisation is the only user of the global RNG
     rng = torch.Generator().manual_seed(cfg.seed)  # code init and batch order
     G = build_generator(cfg, data.shape).to(device)
-    pc = cfg.perf
     if pc.channels_last and not data.is_vector:
         G = G.to(memory_format=torch.channels_last)
     # Each step touches batch_size rows of an N-row table; RowAdam updates only those.
@@ -135,7 +178,6 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
     sched_g = step_scheduler(opt_g, gc.schedule, gc.decay_every, gc.decay_rate)
     sched_z = step_scheduler(opt_z, gc.schedule, gc.decay_every, gc.decay_rate)
     loss_fn = make_loss(gc.loss, data.channels, gc.loss_random_weights).to(device)
-
     state = {"generator": G, "codes": ShardedState(codes, d, n, n_local), "opt_g": opt_g,
              "opt_z": ShardedState(opt_z, d, n, n_local), "sched_g": sched_g, "sched_z": sched_z}
     start, extra = run.load_stage("glo", state, rng, device) if run else (0, {})
@@ -147,63 +189,42 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
         budget.spent += time.perf_counter() - t_init
     batch = max(1, min(gc.batch_size, n) // d.world)  # per rank; the global batch stays glo.batch_size
     steps = (n // d.world) // batch  # equal on every rank; the last partial batch is dropped, as the reference does
-    losses: list[float] = []
-    throughput: list[float] = []
-    grid_idx = torch.arange(min(cfg.grid_size, n_local), device=device)
     cosine = Cosine(gc.schedule, [(opt_g, gc.lr_generator), (opt_z, gc.lr_codes)], gc.epochs, steps)
     cosine.time_share = budget.fraction(in_epoch=False)
+    return _GLOState(G, G_train, codes, images, opt_g, opt_z, sched_g, sched_z, loss_fn, state, rng, budget,
+                     cosine, start, batch, steps)
 
-    stop = budget.exhausted(in_epoch=False)  # a resumed run whose time is already spent
-    epochs = tqdm(range(start, gc.epochs), desc="GLO", unit="epoch", initial=start, total=gc.epochs)
-    for epoch in epochs:
-        if stop:
-            break
-        G.train()
-        budget.start_epoch()
-        t0 = time.perf_counter()
-        done = 0
-        perm = to_device_async(torch.randperm(n_local, generator=rng), device)
-        tracker = LossTracker("GLO", epoch, run, device, cfg.skip_nonfinite)
-        bar = tqdm(range(steps), desc=f"GLO epoch {epoch}", unit="batch", leave=False,
+
+def _glo_epoch(s: _GLOState, cfg: GlannConfig, epoch: int, run: Optional[Run]) -> tuple[LossTracker, int]:
+    """One GLO epoch's steps: generator and this batch's codes, one Adam step each per batch.
+    Returns the epoch's loss tracker and the steps taken (fewer when the budget ends mid-epoch)."""
+    device, pc = s.images.device, cfg.perf
+    s.G.train()
+    done = 0
+    perm = to_device_async(torch.randperm(len(s.images), generator=s.rng), device)
+    tracker = LossTracker("GLO", epoch, run, device, cfg.skip_nonfinite)
+    bar = tqdm(range(s.steps), desc=f"GLO epoch {epoch}", unit="batch", leave=False,
                disable=None)  # per-batch bars only on a terminal: in a log file they are noise
-        for step in bar:
-            done = step + 1
-            cosine.set(epoch, step)
-            idx = perm[step * batch:(step + 1) * batch]
-            real = to_model(images[idx])
-            z = codes.weight.index_select(0, idx).requires_grad_()  # this batch's codes, a leaf
-            with torch.autocast(device.type, torch.bfloat16, enabled=pc.amp == "bf16"):
-                loss = loss_fn(G_train(z), real).float().mean()
-            if not tracker.add(loss, step):
-                continue
-            opt_g.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_g.step()
-            opt_z.step(idx, z.grad)
-            if (step + 1) % CHECK_EVERY == 0:
-                bar.set_postfix(loss=f"{tracker.flush():.4f}")  # one host sync every CHECK_EVERY steps
-                cosine.time_share = budget.fraction()
-                if cosine.time_share >= 1.0:
-                    break  # the budget ends mid-epoch: close this epoch and stop
-        stop = budget.end_epoch("GLO", epoch, gc.epochs)  # agreed by every rank: the last epoch of the budget
-        cosine.time_share = budget.fraction(in_epoch=False)
-        sched_g.step()
-        sched_z.step()
-        mean = d.sum(tracker.flush()) / d.world
-        losses.append(mean)
-        seconds = time.perf_counter() - t0
-        throughput.append(done * batch * d.world / seconds)
-        epochs.set_postfix(loss=f"{mean:.4f}")
-        if run:
-            run.log("glo", epoch, loss=mean, skipped_batches=tracker.skipped, lr_codes=opt_z.param_groups[0]["lr"],
-                    lr_generator=opt_g.param_groups[0]["lr"], images_per_s=throughput[-1],
-                    seconds=budget.spent)
-            if run.is_main and ((epoch + 1) % cfg.sample_every == 0 or epoch + 1 == gc.epochs or stop):
-                _save_glo_grids(G, codes.weight.detach(), images, grid_idx, cfg.seed, run, epoch)
-            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == gc.epochs or stop:
-                run.save_stage("glo", epoch, state, rng, extra=budget.state())
-    G.eval()
-    return GLOResult(G, codes.weight.detach(), losses, throughput, start + len(losses), budget.spent)
+    for step in bar:
+        done = step + 1
+        s.cosine.set(epoch, step)
+        idx = perm[step * s.batch:(step + 1) * s.batch]
+        real = to_model(s.images[idx])
+        z = s.codes.weight.index_select(0, idx).requires_grad_()  # this batch's codes, a leaf
+        with torch.autocast(device.type, torch.bfloat16, enabled=pc.amp == "bf16"):
+            loss = s.loss_fn(s.G_train(z), real).float().mean()
+        if not tracker.add(loss, step):
+            continue
+        s.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        s.opt_g.step()
+        s.opt_z.step(idx, z.grad)
+        if (step + 1) % CHECK_EVERY == 0:
+            bar.set_postfix(loss=f"{tracker.flush():.4f}")  # one host sync every CHECK_EVERY steps
+            s.cosine.time_share = s.budget.fraction()
+            if s.cosine.time_share >= 1.0:
+                break  # the budget ends mid-epoch: close this epoch and stop
+    return tracker, done
 
 
 @torch.no_grad()

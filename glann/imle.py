@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
@@ -16,10 +17,12 @@ from .config import GlannConfig
 from .devices import to_device_async
 from .images import save_grid, to_unit
 from .knn import nearest
-from .nets import Generator, Mapper, sphere
+from .nets import Generator, Mapper, build_mapper, sphere
 from .distributed import current as current_dist
 from .errors import TrainingError
-from .runs import CHECK_EVERY, Budget, Cosine, LossTracker, Run, keep_configured_lr, step_scheduler
+from .evaluate.training import DomainFDCheck
+from .loop import CHECK_EVERY, Budget, Cosine, LossTracker, end_of_epoch, epoch_loop, keep_configured_lr, step_scheduler
+from .runs import Run
 
 SAMPLE_BATCH = 16384  # mapped samples per no-grad forward when drawing the candidate pool
 RS_NEIGHBOURS = 8  # RS-IMLE: neighbours searched per code, to find rejected samples and a kept match
@@ -31,10 +34,6 @@ class IMLEResult:
     nn_distances: list[float] = field(default_factory=list)  # mean data -> sample NN distance per refresh
     epoch_seconds: list[float] = field(default_factory=list)
     knn_seconds: list[float] = field(default_factory=list)  # the search alone, per refresh
-
-
-def build_mapper(cfg: GlannConfig) -> Mapper:
-    return Mapper(cfg.model.noise_dim, cfg.model.nz, cfg.model.mapper_hidden, cfg.model.mapper_batch_norm)
 
 
 @torch.no_grad()
@@ -132,6 +131,29 @@ def epoch_seconds_estimate(n: int, cfg: GlannConfig, device: torch.device) -> fl
     return refresh / ic.refresh_every + both * (t3 - t2) / probe * (n // batch)
 
 
+@dataclass
+class _IMLEState:
+    """What IMLE's step loop works on, made by `_setup_imle`."""
+
+    T: Mapper
+    T_train: nn.Module  # T, wrapped in DDP under torchrun
+    codes: torch.Tensor  # this rank's codes
+    opt: torch.optim.Adam
+    sched: torch.optim.lr_scheduler.StepLR
+    state: dict  # what a checkpoint holds
+    rng: torch.Generator  # pool noise and batch order (per rank)
+    budget: Budget
+    cosine: Cosine
+    start: int
+    n: int  # codes on every rank
+    m: int  # pool size
+    batch: int  # per rank
+    steps: int  # per epoch
+    noise: Optional[torch.Tensor] = None  # the pool's noise in use (restored from a checkpoint, else drawn)
+    match: Optional[torch.Tensor] = None  # each of this rank's codes' sample in the pool
+    back: Optional[torch.Tensor] = None  # imle.precision_weight: each pool sample's nearest code
+
+
 def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
                generator: Optional[Generator] = None, codes_epoch: Optional[int] = None) -> IMLEResult:
     """Train the mapper on data codes (float N x nz on the training device).
@@ -141,6 +163,39 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
     Under torchrun `codes` is this rank's shard: the ranks share one pool of mapped samples and
     each searches it for its own codes.
     """
+    s, ic, d = _setup_imle(codes, cfg, run), cfg.imle, current_dist()
+    result = IMLEResult(s.T)
+    grid_noise = torch.randn(cfg.grid_size, cfg.model.noise_dim,
+                             generator=torch.Generator().manual_seed(cfg.seed + 2)).to(codes.device)
+    fd_check = None  # the training-time domain FD (cfg.eval), built on first use
+    for epoch, bar in epoch_loop("IMLE", s.start, ic.epochs, s.budget):
+        s.T.train()
+        t0 = time.perf_counter()
+        metrics = _refresh(s, cfg, epoch, result)
+        tracker = _imle_epoch(s, cfg, epoch, run)
+        stop = s.budget.end_epoch("IMLE", epoch, ic.epochs)  # agreed by every rank: the last epoch of the budget
+        s.cosine.time_share = s.budget.fraction(in_epoch=False)
+        s.sched.step()
+        mean = d.sum(tracker.flush()) / d.world
+        result.epoch_seconds.append(time.perf_counter() - t0)
+        nn_last = result.nn_distances[-1] if result.nn_distances else None
+        bar.set_postfix(loss=f"{mean:.5f}", nn=f"{nn_last:.4f}" if nn_last is not None else "")
+        if run and run.is_main and generator is not None and cfg.eval.every and (epoch + 1) % cfg.eval.every == 0:
+            fd_check = fd_check or DomainFDCheck(cfg, codes.device)  # built once: data, classifier, reference features
+            metrics["domain_fd"] = fd_check(generator, s.T)
+        record = dict(loss=mean, skipped_batches=tracker.skipped, lr=s.opt.param_groups[0]["lr"],
+                      epoch_seconds=result.epoch_seconds[-1], seconds=s.budget.spent, **metrics)
+        end_of_epoch(run, "imle", epoch, ic.epochs, stop, cfg.sample_every, cfg.checkpoint_every, record,
+                     save=lambda: _save_imle(s, run, epoch, codes_epoch),
+                     grids=None if generator is None else lambda: _save_imle_grid(s.T, generator, grid_noise, run, epoch))
+        if stop:
+            break
+    s.T.eval()
+    return result
+
+
+def _setup_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run]) -> _IMLEState:
+    """Mapper, optimiser and budget, restored from run's checkpoint with the pool then in use."""
     device, n_local = codes.device, codes.shape[0]
     d = current_dist()
     n = int(d.sum(n_local))
@@ -155,97 +210,84 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
     start, extra = run.load_stage("imle", state, rng, device) if run else (0, {})
     if start:
         keep_configured_lr(opt, ic.lr, sched)
-    noise, match = extra.get("noise"), extra.get("match")  # the pool in use when the checkpoint was taken
-    back = extra.get("back")  # imle.precision_weight: each pool sample's nearest code
-    budget = Budget(ic.max_seconds, extra)
+    match = extra.get("match")  # the pool in use when the checkpoint was taken
     if match is not None and d.active:
         match = match[d.shard(n, device)]  # checkpoints hold every code's match in global order
-
-    m = math.ceil(ic.samples_per_point * n)
+    budget = Budget(ic.max_seconds, extra)
     batch = max(1, min(ic.batch_size, n) // d.world)  # per rank; the global batch stays imle.batch_size
     steps = (n // d.world) // batch
-    nn_distances: list[float] = []
-    epoch_seconds: list[float] = []
-    knn_seconds: list[float] = []
-    grid_noise = torch.randn(cfg.grid_size, cfg.model.noise_dim,
-                             generator=torch.Generator().manual_seed(cfg.seed + 2)).to(device)
-    fd_check = None  # the training-time domain FD (cfg.eval), built on first use
     cosine = Cosine(ic.schedule, [(opt, ic.lr)], ic.epochs, steps)
     cosine.time_share = budget.fraction(in_epoch=False)
+    return _IMLEState(T, T_train, codes, opt, sched, state, rng, budget, cosine, start, n,
+                      math.ceil(ic.samples_per_point * n), batch, steps, extra.get("noise"), match, extra.get("back"))
 
-    stop = budget.exhausted(in_epoch=False)  # a resumed run whose time is already spent
-    epochs = tqdm(range(start, ic.epochs), desc="IMLE", unit="epoch", initial=start, total=ic.epochs)
-    for epoch in epochs:
-        if stop:
-            break
-        T.train()
-        budget.start_epoch()
-        t0 = time.perf_counter()
-        metrics = {}
-        if epoch % ic.refresh_every == 0 or match is None or (ic.precision_weight > 0 and back is None):
-            # Data -> sample direction (IMLE Alg. 1): every code picks its nearest of m mapped samples.
-            noise, samples = draw_pool(T, m, cfg.model.noise_dim, rng, device, ic.sphere)
-            if not bool(torch.isfinite(samples).all()):  # one check per refresh; the search needs finite rows
-                raise TrainingError(f"IMLE epoch {epoch}: the mapper's samples are NaN or infinite; lower imle.lr "
-                                    f"and resume from the last checkpoint")
-            t_knn = time.perf_counter()
-            _, match, found = match_codes(codes, samples, ic, n)
-            if ic.precision_weight > 0:  # sample -> data: each pool sample's nearest code
-                back_d2, back = nearest(samples, codes, k=1, backend=ic.knn_backend, query_batch=ic.knn_query_batch)
-                back = back[:, 0]
-                found["sample_nn_distance"] = back_d2[:, 0].clamp_min(0).sqrt().mean().item()
-            nn_distances.append(found["nn_distance"])
-            knn_seconds.append(time.perf_counter() - t_knn)
-            metrics.update(found, knn_seconds=knn_seconds[-1])
-        perm = to_device_async(torch.randperm(n_local, generator=rng), device)
-        if ic.precision_weight > 0:
-            pool_perm = to_device_async(torch.randperm(len(noise), generator=rng), device)
-            pool_batch = max(1, len(noise) // steps)
-        tracker = LossTracker("IMLE", epoch, run, device, cfg.skip_nonfinite)
-        bar = tqdm(range(steps), desc=f"IMLE epoch {epoch}", unit="batch", leave=False,
+
+def _refresh(s: _IMLEState, cfg: GlannConfig, epoch: int, result: IMLEResult) -> dict[str, float]:
+    """When due (every imle.refresh_every epochs, or with no pool yet): draw a new pool and match
+    every code to it (data -> sample, IMLE Alg. 1). Returns the search's metrics ({} when not due)."""
+    ic = cfg.imle
+    if not (epoch % ic.refresh_every == 0 or s.match is None or (ic.precision_weight > 0 and s.back is None)):
+        return {}
+    s.noise, samples = draw_pool(s.T, s.m, cfg.model.noise_dim, s.rng, s.codes.device, ic.sphere)
+    if not bool(torch.isfinite(samples).all()):  # one check per refresh; the search needs finite rows
+        raise TrainingError(f"IMLE epoch {epoch}: the mapper's samples are NaN or infinite; lower imle.lr "
+                            f"and resume from the last checkpoint")
+    t_knn = time.perf_counter()
+    _, s.match, found = match_codes(s.codes, samples, ic, s.n)
+    if ic.precision_weight > 0:  # sample -> data: each pool sample's nearest code
+        back_d2, back = nearest(samples, s.codes, k=1, backend=ic.knn_backend, query_batch=ic.knn_query_batch)
+        s.back = back[:, 0]
+        found["sample_nn_distance"] = back_d2[:, 0].clamp_min(0).sqrt().mean().item()
+    result.nn_distances.append(found["nn_distance"])
+    result.knn_seconds.append(time.perf_counter() - t_knn)
+    return {**found, "knn_seconds": result.knn_seconds[-1]}
+
+
+def _imle_epoch(s: _IMLEState, cfg: GlannConfig, epoch: int, run: Optional[Run]) -> LossTracker:
+    """One IMLE epoch's steps: each batch of codes pulls its matched samples' mapped noise towards it."""
+    ic, device = cfg.imle, s.codes.device
+    assert s.noise is not None and s.match is not None  # _refresh has drawn the pool
+    perm = to_device_async(torch.randperm(len(s.codes), generator=s.rng), device)
+    if ic.precision_weight > 0:
+        pool_perm = to_device_async(torch.randperm(len(s.noise), generator=s.rng), device)
+        pool_batch = max(1, len(s.noise) // s.steps)
+    tracker = LossTracker("IMLE", epoch, run, device, cfg.skip_nonfinite)
+    bar = tqdm(range(s.steps), desc=f"IMLE epoch {epoch}", unit="batch", leave=False,
                disable=None)  # per-batch bars only on a terminal: in a log file they are noise
-        for step in bar:
-            cosine.set(epoch, step)
-            idx = perm[step * batch:(step + 1) * batch]
-            out = T_train(noise[match[idx]])
-            loss = F.mse_loss(sphere(out) if ic.sphere else out, codes[idx])
-            if ic.precision_weight > 0:  # pull pool samples towards their nearest codes too
-                j = pool_perm[step * pool_batch:(step + 1) * pool_batch]
-                out_s = T_train(noise[j])
-                loss = loss + ic.precision_weight * F.mse_loss(sphere(out_s) if ic.sphere else out_s, codes[back[j]])
-            if not tracker.add(loss, step):
-                continue
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if (step + 1) % CHECK_EVERY == 0:
-                bar.set_postfix(loss=f"{tracker.flush():.5f}")
-                cosine.time_share = budget.fraction()
-                if cosine.time_share >= 1.0:
-                    break  # the budget ends mid-epoch: close this epoch and stop
-        stop = budget.end_epoch("IMLE", epoch, ic.epochs)  # agreed by every rank: the last epoch of the budget
-        cosine.time_share = budget.fraction(in_epoch=False)
-        sched.step()
-        mean = d.sum(tracker.flush()) / d.world
-        epoch_seconds.append(time.perf_counter() - t0)
-        epochs.set_postfix(loss=f"{mean:.5f}", nn=f"{nn_distances[-1]:.4f}" if nn_distances else "")
-        if run and run.is_main and generator is not None and cfg.eval.every and (epoch + 1) % cfg.eval.every == 0:
-            from .evaluate.training import DomainFDCheck  # late: evaluate imports the sampler, which imports us
+    for step in bar:
+        s.cosine.set(epoch, step)
+        idx = perm[step * s.batch:(step + 1) * s.batch]
+        out = s.T_train(s.noise[s.match[idx]])
+        loss = F.mse_loss(sphere(out) if ic.sphere else out, s.codes[idx])
+        if ic.precision_weight > 0:  # pull pool samples towards their nearest codes too
+            j = pool_perm[step * pool_batch:(step + 1) * pool_batch]
+            out_s = s.T_train(s.noise[j])
+            loss = loss + ic.precision_weight * F.mse_loss(sphere(out_s) if ic.sphere else out_s, s.codes[s.back[j]])
+        if not tracker.add(loss, step):
+            continue
+        s.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        s.opt.step()
+        if (step + 1) % CHECK_EVERY == 0:
+            bar.set_postfix(loss=f"{tracker.flush():.5f}")
+            s.cosine.time_share = s.budget.fraction()
+            if s.cosine.time_share >= 1.0:
+                break  # the budget ends mid-epoch: close this epoch and stop
+    return tracker
 
-            fd_check = fd_check or DomainFDCheck(cfg, device)  # built once: data, classifier, reference features
-            metrics["domain_fd"] = fd_check(generator, T)
-        if run:
-            run.log("imle", epoch, loss=mean, skipped_batches=tracker.skipped, lr=opt.param_groups[0]["lr"],
-                    epoch_seconds=epoch_seconds[-1], seconds=budget.spent, **metrics)
-            if run.is_main and generator is not None and ((epoch + 1) % cfg.sample_every == 0 or epoch + 1 == ic.epochs
-                                                          or stop):
-                T.eval()
-                with torch.no_grad():
-                    save_grid(to_unit(generator.eval()(T(grid_noise))), run.sample_path(f"imle_samples_epoch{epoch:04d}"))
-            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == ic.epochs or stop:
-                run.save_stage("imle", epoch, state, rng,
-                               extra={"noise": noise, "match": d.gather_rows(match, n), **budget.state(),
-                                      **({"back": back} if back is not None else {}),
-                                      **({"codes_epoch": torch.tensor(codes_epoch)} if codes_epoch is not None else {})})
+
+def _save_imle(s: _IMLEState, run: Run, epoch: int, codes_epoch: Optional[int]) -> None:
+    """Checkpoint the mapper with the pool in use (noise, every code's match), so a resume goes on
+    with the same matches; `codes_epoch` tells a resume which GLO codes they were made for."""
+    extra = {"noise": s.noise, "match": current_dist().gather_rows(s.match, s.n), **s.budget.state()}
+    if s.back is not None:
+        extra["back"] = s.back
+    if codes_epoch is not None:
+        extra["codes_epoch"] = torch.tensor(codes_epoch)
+    run.save_stage("imle", epoch, s.state, s.rng, extra=extra)
+
+
+@torch.no_grad()
+def _save_imle_grid(T: Mapper, generator: Generator, grid_noise: torch.Tensor, run: Run, epoch: int) -> None:
     T.eval()
-    return IMLEResult(T, nn_distances, epoch_seconds, knn_seconds)
+    save_grid(to_unit(generator.eval()(T(grid_noise))), run.sample_path(f"imle_samples_epoch{epoch:04d}"))

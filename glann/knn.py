@@ -35,8 +35,12 @@ def faiss_has_gpu() -> bool:
 def pick_backend(backend: str = "auto", device: torch.device | None = None) -> str:
     """auto: faiss on CUDA tensors when faiss has GPU support, else the torch kernel.
 
-    On CPU the torch k = 1 kernel below measured about 5x faster than faiss-cpu's IndexFlatL2
-    (benchmarks/bench_cpu.md), so auto prefers it there; faiss stays one switch away.
+    On CPU, as measured (scripts/bench.py, scripts/bench_vs.py; benchmarks/bench_cpu.md and the
+    README's k-NN table): the torch k = 1 kernel was about 5x faster than faiss-cpu's IndexFlatL2 on
+    the Xeon of the first sessions, and 1.1-1.3x faster on the AMD EPYC of issue 12 (one 60,000 x
+    120,000 search: 6.4-7.1 s against 7.5-8.2 s). Faster on both, so auto keeps torch there, which
+    also keeps a seed's training the same as before (the two can order exact ties differently);
+    faiss stays one switch away (imle.knn_backend=faiss).
     """
     if backend == "auto":
         on_cuda = device is not None and device.type == "cuda"

@@ -1,13 +1,14 @@
-"""Networks: the image generator (shared by GLANN and the GAN baseline) and the IMLE mapper."""
+"""Networks: the image generator (shared by GLANN and the GAN baseline), the IMLE mapper, the GAN's
+discriminator, and the builders that make each from a config (inference and training use the same)."""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Sequence, Union
 
 import torch
 import torch.nn as nn
 
-from .config import IMAGE_SIZES
+from .config import IMAGE_SIZES, GlannConfig
 
 
 def sphere(z: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -247,3 +248,26 @@ def _init_weights(module: nn.Module) -> None:
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+# ---------------------------------------------------------------------------- builders
+def build_generator(cfg: GlannConfig, shape: Sequence[int]) -> Union[Generator, MLPGenerator]:
+    """The generator for samples of `shape`: (C, S, S) images -> Generator, (D,) vectors -> MLPGenerator."""
+    m = cfg.model
+    if len(shape) == 1:
+        return MLPGenerator(m.nz, shape[0], m.mlp_hidden, m.batch_norm)
+    return Generator(m.nz, shape[-1], shape[0], m.ngf, m.fc_dim, m.batch_norm)
+
+
+def build_mapper(cfg: GlannConfig) -> Mapper:
+    """The IMLE mapper: model.noise_dim noise -> model.nz latents."""
+    return Mapper(cfg.model.noise_dim, cfg.model.nz, cfg.model.mapper_hidden, cfg.model.mapper_batch_norm)
+
+
+def build_discriminator(cfg: GlannConfig, shape: Sequence[int]) -> Union[Discriminator, MLPDiscriminator]:
+    """The discriminator for samples of `shape`: (C, S, S) images -> DCGAN-style, (D,) vectors -> MLP."""
+    g = cfg.gan
+    if len(shape) == 1:
+        return MLPDiscriminator(shape[0], g.d_hidden, g.pack, g.minibatch_std, g.spectral_norm, g.d_batch_norm)
+    image_size, channels = shape[-1], shape[0]
+    return Discriminator(image_size, channels, g.ndf, g.pack, g.minibatch_std, g.spectral_norm, g.d_batch_norm)

@@ -10,7 +10,7 @@ from typing import Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
-from .config import GlannConfig, load_config
+from .config import GlannConfig, load_config, read_run_config
 from .distributed import current as current_dist
 from .distributed import init_from_env
 from .errors import ConfigError
@@ -20,7 +20,7 @@ from .gan import train_gan
 from .glo import train_glo
 from .imle import epoch_seconds_estimate, train_imle
 from .runs import Run
-from .sampler import Sampler, export_model
+from .sampler import Sampler
 
 
 def stage_budgets(cfg: GlannConfig, n: int, device: torch.device, glo_seconds: Optional[float] = None) -> GlannConfig:
@@ -75,7 +75,7 @@ def train(cfg: Union[GlannConfig, str, Path], resume: bool = False, run_dir: Opt
         raise ConfigError(f"train takes a GlannConfig (load_config(...)) or a YAML path, got {type(cfg).__name__}")
     path = Path(run_dir) if run_dir else Path(cfg.out_dir) / cfg.name  # from the command line, before any swap
     if resume:  # the config the run goes on with decides the device and the checks below
-        cfg = Run(path, cfg).saved_config(overrides) or cfg
+        cfg = read_run_config(path, overrides) or cfg
     device = resolve_device(cfg.device)
     d = init_from_env(device)  # under torchrun: join the group; rank 0 alone writes
     if d.active and device.type == "cuda":
@@ -103,8 +103,8 @@ def train(cfg: Union[GlannConfig, str, Path], resume: bool = False, run_dir: Opt
                               generator=glo.generator, codes_epoch=glo.epochs_done)
             generator, mapper = glo.generator, imle.mapper
         if run.is_main:
-            export_model(run, generator, mapper)
             sampler = Sampler(generator, mapper, cfg, device)
+            sampler.save_pretrained(run.path)
             sampler.save_grid(sampler.sample(cfg.grid_size, seed=cfg.seed), run.path / "samples.png")
         d.barrier()
     finally:

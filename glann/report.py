@@ -14,24 +14,27 @@ import math
 import os
 import re
 import statistics
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
+from .checkpoints import MODEL_FILE, atomic_write, checkpoint_file, load_checkpoint
+from .config import HELD_OUT_SOURCES, MIXTURES, STAGES, read_run_config
+from .data import class_names, load_dataset
 from .errors import CheckpointError, ConfigError
-from .runs import MODEL_FILE, Run, atomic_write
+from .evaluate import evaluate_run
+from .evaluate.metrics import diversity, metric_columns
+from .images import to_model
+from .runs import Run
+from .sampler import Sampler
 
 METRICS_FILE = "report_metrics.json"
 # (key, column title, better): the columns of the table, in order, when a run has them.
-COLUMNS = [
-    ("fd", "FD", "lower"), ("kd_mean", "KD", "lower"), ("precision", "precision", "higher"),
-    ("recall", "recall", "higher"), ("density", "density", "higher"), ("coverage", "coverage", "higher"),
-    ("classes_covered", "classes covered", "higher"), ("modes_covered", "modes covered", "higher"),
-    ("high_quality_share", "high-quality share", "higher"), ("mode_kl", "KL(gen, data)", "lower"),
-    ("pixel_fd", "pixel FD", "lower"), ("point_fd", "point FD", "lower"), ("diversity", "diversity", "closer to data"),
-    ("train_seconds", "train s", "-"), ("g_steps", "G updates", "-"), ("flags", "GAN flags", "-"),
-]
+COLUMNS = metric_columns(("fd", "kd_mean", "precision", "recall", "density", "coverage", "classes_covered",
+                          "modes_covered", "high_quality_share", "mode_kl", "pixel_fd", "point_fd", "diversity",
+                          "train_seconds", "g_steps", "flags"))
 MetricsFn = Callable[[Path], dict]
 
 
@@ -40,16 +43,9 @@ def basic_metrics(run_dir: Path, num_samples: int = 2000, seed: int = 0) -> dict
     """Pixel statistics needing no feature network: Frechet distance between 8 x 8 average-pooled
     samples and real images (test split when there is one), and sample diversity relative to the data's.
     Vector data (2-D mixtures) is compared as it is, point against point."""
-    from dataclasses import replace
-
-    from .data import load_dataset
-    from .gan import diversity
-    from .images import to_model
-    from .sampler import Sampler
-
     s = Sampler.from_pretrained(run_dir, device="cpu")
     data_cfg = s.cfg.data
-    split = "test" if data_cfg.source in ("fashion_mnist", "mnist", "cifar10") else "train"
+    split = "test" if data_cfg.source in HELD_OUT_SOURCES else "train"
     try:
         real = load_dataset(replace(data_cfg, split=split, limit=num_samples)).images
     except Exception:  # no test split on disk: fall back to the run's own training data
@@ -78,14 +74,7 @@ def _frechet(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def evaluation_metrics(run_dir: Path, features: str, num_samples: int) -> dict[str, Any]:
     """glann.evaluate's metrics for a run (FD, KD, PRDC, mode coverage ...), features domain|inception."""
-    try:
-        from .evaluate import evaluate_run
-    except ImportError as exc:
-        raise ConfigError(f"features={features} needs the evaluation suite (glann.evaluate), which this install "
-                          f"lacks ({exc}); use features=basic for pixel statistics") from exc
-    from .evaluate.suite import HELD_OUT_SOURCES
-
-    cfg = Run(run_dir, None).saved_config()  # type: ignore[arg-type]
+    cfg = read_run_config(run_dir)
     # Against the test split where the dataset has one, else its training data (folders, arrays, shapes).
     against = "test" if cfg is None or cfg.data.source in HELD_OUT_SOURCES else "train"
     return evaluate_run(run_dir, features=features, num_samples=num_samples, against=against, recon_images=0,
@@ -119,7 +108,7 @@ def summarise_run(run_dir: Path, metrics_fn: MetricsFn) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not (run_dir / MODEL_FILE).is_file():
         raise CheckpointError(f"{run_dir} holds no finished run (no {MODEL_FILE}); train or resume it first")
-    cfg = Run(run_dir, None).saved_config()  # type: ignore[arg-type]
+    cfg = read_run_config(run_dir)
     if cfg is None:
         raise CheckpointError(f"{run_dir} has no config.yaml; the report needs it to tell the method and seed")
     records = Run(run_dir, cfg).read_metrics()
@@ -144,13 +133,11 @@ def summarise_run(run_dir: Path, metrics_fn: MetricsFn) -> dict[str, Any]:
 
 
 def _checkpoint_seconds(run_dir: Path) -> Optional[float]:
-    """Seconds of training inside epochs, summed over the stages' checkpoints (runs.Budget keeps
+    """Seconds of training inside epochs, summed over the stages' checkpoints (loop.Budget keeps
     them across resumes); None when no checkpoint carries them (runs from before budgets)."""
-    from .runs import load_checkpoint
-
     total = None
-    for stage in ("glo", "imle", "gan"):
-        path = run_dir / "checkpoints" / f"{stage}.pt"
+    for stage in STAGES:
+        path = checkpoint_file(run_dir, stage)
         if path.is_file():
             seconds = load_checkpoint(path, mmap=True).get("extra", {}).get("seconds")
             if seconds is not None:
@@ -168,8 +155,6 @@ def _data_label(cfg: Any) -> str:
 
 def _points_protocol(runs: list[dict]) -> bool:
     """True when the runs are 2-D mixture runs: evaluate_run counts modes there and ignores `features`."""
-    from .config import MIXTURES
-
     return all(r["data"].split()[0] in MIXTURES for r in runs)
 
 
@@ -307,8 +292,6 @@ def _plots(runs: list[dict], methods: list[str], out: Path) -> dict[str, Path]:
     # Class histograms of generated samples (when the evaluation's classifier gave them).
     hist_runs = [r for r in runs if isinstance(r["metrics"].get("class_histogram"), list)]
     if hist_runs:
-        from .data import class_names
-
         k = len(hist_runs[0]["metrics"]["class_histogram"])
         fig, ax = plt.subplots(figsize=(7.5, 3.6))
         width = 0.8 / len(methods)
@@ -370,33 +353,63 @@ def write_report(run_dirs: Sequence[Union[str, Path]], out_dir: Union[str, Path]
                    if features != "basic" else "")
                 + f". Budget: {budget or 'as configured per run'}.")
 
-    md = [f"# {title}", "", protocol, "", "## Mean ± std over seeds", "", *_md_table(header, rows), "",
-          "## Every run", "", *_md_table(["method", "seed"] + header[2:], per_run), ""]
+    sections: list[Section] = [
+        ("h1", title), ("p", protocol),
+        ("h2", "Mean ± std over seeds"), ("table", (header, rows, "summary")),
+        ("h2", "Every run"), ("table", (["method", "seed"] + header[2:], per_run, "runs"))]
     if flags:
-        md += ["## GAN failure flags (first epoch each was seen)", ""]
-        md += [f"- {m} s{s}: {f}" for m, s, f in flags] + [""]
-    md += ["## Plots", ""] + [line for n in notes for line in (n, "")]
-    md += [f"![{name}](plots/{p.name})" for name, p in plots.items()] + [""]
-    md += ["## Samples (seed of each run's sampler: its config seed)", ""]
-    md += [f"**{r['method']} s{r['seed']}** ![{r['method']} s{r['seed']}]({_rel(r['samples'], out_dir)})" for r in runs]
-    atomic_write(out_dir / "report.md", lambda tmp: Path(tmp).write_text("\n".join(md) + "\n"))
-
-    body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(protocol)}</p>",
-            "<h2>Mean ± std over seeds</h2>", _html_table(header, rows, "summary"),
-            "<h2>Every run</h2>", _html_table(["method", "seed"] + header[2:], per_run, "runs")]
-    if flags:
-        body += ["<h2>GAN failure flags</h2><ul>"] + [f"<li>{html.escape(f'{m} s{s}: {f}')}</li>" for m, s, f in flags] + ["</ul>"]
-    body += ["<h2>Plots</h2>"] + [f"<p>{html.escape(n)}</p>" for n in notes]
-    body += [f'<figure><img alt="{n}" src="{_data_uri(p)}"><figcaption>{n}</figcaption></figure>'
-             for n, p in plots.items()]
-    body += ["<h2>Samples</h2><div class='grids'>"]
-    body += [f'<figure><img class="samples" alt="samples {html.escape(r["method"])} s{r["seed"]}" '
-             f'src="{_data_uri(r["samples"])}"><figcaption>{html.escape(r["method"])} s{r["seed"]}</figcaption></figure>'
-             for r in runs if r["samples"].is_file()]
-    body += ["</div>"]
-    page = HTML_PAGE.format(title=html.escape(title), body="\n".join(body))
+        sections += [("h2", "GAN failure flags (first epoch each was seen)"),
+                     ("list", [f"{m} s{s}: {f}" for m, s, f in flags])]
+    sections += [("h2", "Plots"), *[("p", n) for n in notes], *[("figure", (n, p)) for n, p in plots.items()],
+                 ("h2", "Samples (seed of each run's sampler: its config seed)"),
+                 ("samples", [(f"{r['method']} s{r['seed']}", r["samples"]) for r in runs])]
+    md = _markdown(sections, out_dir)
+    atomic_write(out_dir / "report.md", lambda tmp: Path(tmp).write_text(md))
+    page = HTML_PAGE.format(title=html.escape(title), body=_html(sections))
     atomic_write(out_dir / "report.html", lambda tmp: Path(tmp).write_text(page))
     return out_dir
+
+
+# The report's content, built once and rendered twice (Markdown, HTML): (kind, payload) with kind
+# h1/h2/p (text), table ((header, rows, css class)), list (lines), figure ((name, png)) and
+# samples ([(caption, png)]).
+Section = tuple[str, Any]
+
+
+def _markdown(sections: list[Section], out_dir: Path) -> str:
+    lines: list[str] = []
+    for kind, x in sections:
+        if kind in ("h1", "h2"):
+            lines += [f"{'#' if kind == 'h1' else '##'} {x}", ""]
+        elif kind == "p":
+            lines += [x, ""]
+        elif kind == "table":
+            lines += [*_md_table(x[0], x[1]), ""]
+        elif kind == "list":
+            lines += [f"- {item}" for item in x] + [""]
+        elif kind == "figure":
+            lines += [f"![{x[0]}](plots/{x[1].name})", ""]
+        elif kind == "samples":
+            lines += [f"**{cap}** ![{cap}]({_rel(png, out_dir)})" for cap, png in x]
+    return "\n".join(lines) + "\n"
+
+
+def _html(sections: list[Section]) -> str:
+    body: list[str] = []
+    for kind, x in sections:
+        if kind in ("h1", "h2", "p"):
+            body.append(f"<{kind}>{html.escape(x)}</{kind}>")
+        elif kind == "table":
+            body.append(_html_table(*x))
+        elif kind == "list":
+            body.append("<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in x) + "</ul>")
+        elif kind == "figure":
+            body.append(f'<figure><img alt="{x[0]}" src="{_data_uri(x[1])}"><figcaption>{x[0]}</figcaption></figure>')
+        elif kind == "samples":
+            body += ["<div class='grids'>"] + [
+                f'<figure><img class="samples" alt="samples {html.escape(cap)}" src="{_data_uri(png)}">'
+                f'<figcaption>{html.escape(cap)}</figcaption></figure>' for cap, png in x if png.is_file()] + ["</div>"]
+    return "\n".join(body)
 
 
 def _flag_lines(r: dict) -> list[str]:
@@ -418,7 +431,10 @@ def _data_uri(path: Path) -> str:
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+    def line(cells: list[str]) -> str:  # a | inside a cell (KL(gen || data)) would end it
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    return [line(header), "|" + "---|" * len(header)] + [line(r) for r in rows]
 
 
 def _html_table(header: list[str], rows: list[list[str]], cls: str) -> str:

@@ -9,29 +9,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .config import GlannConfig, to_yaml
+from .checkpoints import MODEL_FILE, atomic_write
+from .config import GlannConfig, read_run_config, to_yaml
 from .devices import check_memory, resolve_device, to_device_async
 from .errors import CheckpointError, DataError
-from .glo import build_generator
 from .images import save_grid, to_model, to_unit
-from .imle import build_mapper
 from .losses import make_loss
-from .nets import Generator, Mapper, sphere
-from .runs import MODEL_FILE, Run, atomic_write
-
-
-def export_model(run: Run, generator: Generator, mapper: Optional[Mapper]) -> Path:
-    """Write the sampler's weights (generator + mapper) as safetensors beside the run's config.
-
-    mapper is None for a GAN run: its latents are plain N(0, I) noise.
-    """
-    tensors = {f"generator.{k}": v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
-    if mapper is not None:
-        tensors.update({f"mapper.{k}": v.detach().cpu().contiguous() for k, v in mapper.state_dict().items()})
-    meta = {"shape": ",".join(map(str, generator.out_shape)), "config": to_yaml(run.cfg)}
-    path = run.path / MODEL_FILE
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
-    return path
+from .nets import Generator, Mapper, build_generator, build_mapper, sphere
 
 
 class Sampler:
@@ -65,7 +49,7 @@ class Sampler:
             stage = "its IMLE stage never finished" if (path / "checkpoints").is_dir() else "it holds no trained model"
             raise CheckpointError(f"cannot sample from {path}: {stage} (no {MODEL_FILE}); "
                                   f"finish it with `glann train --resume --run-dir {path}`")
-        cfg = Run(path, GlannConfig()).saved_config()
+        cfg = read_run_config(path)
         if cfg is None:
             raise CheckpointError(f"{path} has {MODEL_FILE} but no config.yaml; both are needed to rebuild the model")
         try:
@@ -85,6 +69,21 @@ class Sampler:
             raise CheckpointError(f"{model_file} does not match {path / 'config.yaml'} or is corrupt "
                                   f"({str(exc).splitlines()[0]})") from exc
         return cls(G, T, cfg, device)
+
+    def save_pretrained(self, path: Union[str, Path]) -> Path:
+        """Write the sampler into a directory, as `from_pretrained` reads it: the weights (generator
+        and, for GLANN, mapper) as `model.safetensors` with the model's shape and config in its
+        metadata, and that config as `config.yaml` (in a run directory: the run's own config, which
+        it already holds). Returns the weights file."""
+        path = Path(path)
+        tensors = {f"generator.{k}": v.detach().cpu().contiguous() for k, v in self.generator.state_dict().items()}
+        if self.mapper is not None:
+            tensors.update({f"mapper.{k}": v.detach().cpu().contiguous() for k, v in self.mapper.state_dict().items()})
+        meta = {"shape": ",".join(map(str, self.generator.out_shape)), "config": to_yaml(self.cfg)}
+        model_file = path / MODEL_FILE
+        atomic_write(model_file, lambda tmp: save_file(tensors, tmp, metadata=meta))
+        atomic_write(path / "config.yaml", lambda tmp: Path(tmp).write_text(to_yaml(self.cfg)))
+        return model_file
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()

@@ -148,3 +148,33 @@ def memorisation(generated: torch.Tensor, test: torch.Tensor, train: torch.Tenso
         save_grid(pairs.float() / 255.0, grid_path, nrow=8)
     return {"nn_train_distance_generated": gen_mean, "nn_train_distance_test": test_mean,
             "memorisation_ratio": gen_mean / test_mean if test_mean > 0 else math.nan}
+
+
+def diversity(images: torch.Tensor) -> float:
+    """Mean pairwise L2 distance between images (float N x C x H x W), per pixel; 0 for identical ones."""
+    x = images.reshape(images.shape[0], -1).float()
+    d = torch.cdist(x, x)
+    n = x.shape[0]
+    return (d.sum() / max(n * (n - 1), 1)).item() / math.sqrt(x.shape[1])
+
+
+# Every metric glann shows, key -> (label, which way is better: lower | higher | closer to data | -).
+# `glann evaluate` (format_table), the latent-baseline table and the comparison report all take
+# their labels from here, each showing the keys it lists, in its order.
+METRICS: dict[str, tuple[str, str]] = {
+    "fd": ("FD", "lower"), "kd_mean": ("KD", "lower"), "precision": ("precision", "higher"),
+    "recall": ("recall", "higher"), "density": ("density", "higher"), "coverage": ("coverage", "higher"),
+    "classes_covered": ("classes covered", "higher"), "modes_covered": ("modes covered", "higher"),
+    "high_quality_share": ("high-quality share", "higher"), "mode_kl": ("KL(gen || data)", "lower"),
+    "confident_share": ("confident share", "higher"), "memorisation_ratio": ("memorisation ratio", "-"),
+    "nn_train_distance_generated": ("NN-train dist (gen)", "-"), "nn_train_distance_test": ("NN-train dist (test)", "-"),
+    "recon_l1": ("recon L1", "lower"), "recon_psnr": ("recon PSNR (dB)", "higher"),
+    "classifier_accuracy": ("classifier test acc", "-"), "pixel_fd": ("pixel FD", "lower"),
+    "point_fd": ("point FD", "lower"), "diversity": ("diversity", "closer to data"), "train_seconds": ("train s", "-"),
+    "g_steps": ("G updates", "-"), "flags": ("GAN flags", "-"),
+}
+
+
+def metric_columns(keys: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """(key, label, better) for `keys`, in their order, from METRICS."""
+    return [(k, *METRICS[k]) for k in keys]

@@ -12,22 +12,21 @@ from typing import Any, Optional, Union
 
 import torch
 
-from ..config import MIXTURES, DataConfig
-from ..data import Dataset, load_dataset, mixture_spec
+from ..checkpoints import atomic_write, checkpoint_file, load_checkpoint
+from ..config import HELD_OUT_SOURCES, MIXTURES, DataConfig
+from ..data import Dataset, image_files, load_dataset, mixture_spec
 from ..devices import resolve_device
 from ..errors import DataError
 from ..nets import sphere
-from ..runs import atomic_write, load_checkpoint
+from ..sampler import Sampler
 from .classifier import DomainClassifier, TrainedClassifier, domain_classifier
 from .latent import baseline_images
 from .features import FEATURE_NETS, DomainFeatures, InceptionFeatures, as_uint8, extract_features
-from .metrics import frechet_distance, kernel_distance, memorisation, prdc
+from .metrics import frechet_distance, kernel_distance, memorisation, metric_columns, prdc
 from .metrics import kid_subset_size as _kid_size  # evaluate() has a parameter of that name
 from .modes import class_histogram, mixture_modes, mode_stats, stacked_modes
 
 EVAL_FILE = "eval.json"
-# Sources whose test split is held-out data; others (folder, array, shapes) have no separate split.
-HELD_OUT_SOURCES = ("fashion_mnist", "mnist", "cifar10")
 
 
 def _versions() -> dict[str, str]:
@@ -55,7 +54,7 @@ def _subset(images: torch.Tensor, n: Optional[int], seed: int) -> torch.Tensor:
     return images[idx.sort().values]
 
 
-def evaluate(generated: Any, reference: Union[Dataset, torch.Tensor], features: str = "domain", *,
+def evaluate(generated: Union[Sampler, torch.Tensor], reference: Union[Dataset, torch.Tensor], features: str = "domain", *,
              train: Optional[Dataset] = None, classifier: Union[TrainedClassifier, DomainClassifier, None] = None,
              held_out: Optional[torch.Tensor] = None, seen: Optional[torch.Tensor] = None, num_samples: int = 10000, seed: int = 0, k: int = 5,
              kid_subset_size: int = 1000, kid_subsets: int = 100, inception_weights: Union[str, Path, None] = None,
@@ -83,7 +82,7 @@ def evaluate(generated: Any, reference: Union[Dataset, torch.Tensor], features: 
         raise DataError(f"features must be one of {FEATURE_NETS}, got '{features}'")
     device = resolve_device(device)
     t0 = time.perf_counter()
-    sampler = generated if hasattr(generated, "sample") and hasattr(generated, "reconstruct") else None
+    sampler = generated if isinstance(generated, Sampler) else None
     gen = as_uint8(sampler.sample(num_samples, seed=seed).cpu() if sampler else generated.cpu())
     ref_labels = reference.labels if isinstance(reference, Dataset) else None
     ref = as_uint8(reference.images if isinstance(reference, Dataset) else reference).cpu()
@@ -153,7 +152,7 @@ def evaluate(generated: Any, reference: Union[Dataset, torch.Tensor], features: 
     return result
 
 
-def reconstruction(sampler: Any, images: torch.Tensor, steps: int = 200, seed: int = 0) -> dict[str, float]:
+def reconstruction(sampler: Sampler, images: torch.Tensor, steps: int = 200, seed: int = 0) -> dict[str, float]:
     """GLO inversion error of held-out images (uint8 N x C x H x W): mean L1, MSE and PSNR in [0, 1] pixels."""
     z = sampler.reconstruct(images, steps=steps, seed=seed)
     x = images.float().div(255.0)
@@ -172,9 +171,7 @@ def load_images(path: Union[str, Path], like: Dataset) -> torch.Tensor:
         raise DataError(f"{path} does not exist; give a folder of images or a .npz/.npy file")
     want = (like.channels, like.image_size, like.image_size)
     if path.is_dir():  # folders are read at the dataset's size: check the first image's own shape first
-        from PIL import Image, UnidentifiedImageError
-
-        from ..data import image_files
+        from PIL import Image, UnidentifiedImageError  # PIL only for folders of images
 
         first = next(iter(image_files(path)), None)
         if first is not None:
@@ -259,8 +256,6 @@ def evaluate_run(run_dir: Union[str, Path], features: str = "domain", num_sample
     with its training codes (reconstructions: the ceiling), a Gaussian and a Gaussian mixture
     fitted to those codes (glann.evaluate.latent): they show whether the generator or the mapper
     limits the quality."""
-    from ..sampler import Sampler
-
     run_dir = Path(run_dir)
     sampler = Sampler.from_pretrained(run_dir, device=device)
     if sampler.cfg.data.source in MIXTURES or sampler.cfg.data.stack == 3:
@@ -279,7 +274,7 @@ def evaluate_run(run_dir: Union[str, Path], features: str = "domain", num_sample
     seen = load_dataset(replace(sampler.cfg.data, split="train"))
     baselines, fitted = None, {}
     if latent_baselines and sampler.mapper is not None:
-        codes = sphere(load_checkpoint(run_dir / "checkpoints" / "glo.pt")["codes"]["weight"].float())
+        codes = sphere(load_checkpoint(checkpoint_file(run_dir, "glo"))["codes"]["weight"].float())
         baselines, fitted = baseline_images(sampler, codes, num_samples, seed)
     result = evaluate(sampler, reference, features, train=train, held_out=test.images if test else None,
                       seen=seen.images, num_samples=num_samples, seed=seed, grid_path=run_dir / "eval_nearest.png",
@@ -290,7 +285,7 @@ def evaluate_run(run_dir: Union[str, Path], features: str = "domain", num_sample
     return result
 
 
-def evaluate_modes(sampler: Any, num_samples: int = 2500, seed: int = 0) -> dict[str, Any]:
+def evaluate_modes(sampler: Sampler, num_samples: int = 2500, seed: int = 0) -> dict[str, Any]:
     """The mode-collapse benchmarks' protocol for a sampler trained on a 2-D mixture or on stacked
     data (data.stack=3): modes covered, reverse KL and (mixtures) the high-quality share; stacked
     samples are classified channel by channel with the base dataset's domain classifier."""
@@ -298,8 +293,7 @@ def evaluate_modes(sampler: Any, num_samples: int = 2500, seed: int = 0) -> dict
     data = sampler.cfg.data
     samples = sampler.sample(num_samples, seed=seed).cpu()
     if data.source in MIXTURES:
-        centres, std = mixture_spec(data.source)
-        metrics, net = mixture_modes(samples, centres, std), f"nearest of {len(centres)} centres, 3 std"
+        return mixture_result(samples, data.source, seed, t0)
     else:
         base = replace(data, stack=1, limit=None)
         train = load_dataset(replace(base, split="train"))
@@ -310,10 +304,20 @@ def evaluate_modes(sampler: Any, num_samples: int = 2500, seed: int = 0) -> dict
         if trained.test_accuracy is not None:
             metrics["classifier_accuracy"] = trained.test_accuracy
         net = f"domain classifier per channel {trained.path or '(not cached)'}"
-    protocol = {"features": "mixture" if data.source in MIXTURES else "stacked", "feature_net": net,
-                "feature_dim": 0, "num_generated": int(samples.shape[0]), "num_reference": 0, "seed": seed,
-                "seconds": round(time.perf_counter() - t0, 1), "versions": _versions()}
-    return {"metrics": metrics, "protocol": protocol}
+    return {"metrics": metrics, "protocol": _mode_protocol("stacked", net, len(samples), seed, t0)}
+
+
+def mixture_result(points: torch.Tensor, source: str, seed: int, t0: float) -> dict[str, Any]:
+    """The 2-D mixture protocol's result for float N x 2 points of `source` (ring8, grid25):
+    modes covered, reverse KL and the high-quality share, each point at its nearest centre."""
+    centres, std = mixture_spec(source)
+    net = f"nearest of {len(centres)} centres, 3 std"
+    return {"metrics": mixture_modes(points, centres, std), "protocol": _mode_protocol("mixture", net, len(points), seed, t0)}
+
+
+def _mode_protocol(features: str, net: str, n: int, seed: int, t0: float) -> dict[str, Any]:
+    return {"features": features, "feature_net": net, "feature_dim": 0, "num_generated": int(n), "num_reference": 0,
+            "seed": seed, "seconds": round(time.perf_counter() - t0, 1), "versions": _versions()}
 
 
 def write_eval(path: Union[str, Path], result: dict[str, Any]) -> Path:
@@ -331,20 +335,18 @@ def write_eval(path: Union[str, Path], result: dict[str, Any]) -> Path:
     return path
 
 
-_LABELS = [("fd", "FD"), ("kd_mean", "KD"), ("precision", "precision"), ("recall", "recall"),
-           ("density", "density"), ("coverage", "coverage"), ("classes_covered", "classes covered"),
-           ("mode_kl", "KL(gen || data)"), ("confident_share", "confident share"),
-           ("memorisation_ratio", "memorisation ratio"), ("nn_train_distance_generated", "NN-train dist (gen)"),
-           ("nn_train_distance_test", "NN-train dist (test)"), ("recon_l1", "recon L1"),
-           ("recon_psnr", "recon PSNR (dB)"), ("classifier_accuracy", "classifier test acc"),
-           ("modes_covered", "modes covered"), ("high_quality_share", "high-quality share")]
+# The rows of `glann evaluate`'s table, in order, when the result has them (labels: metrics.METRICS).
+EVAL_ROWS = ("fd", "kd_mean", "precision", "recall", "density", "coverage", "classes_covered", "mode_kl",
+             "confident_share", "memorisation_ratio", "nn_train_distance_generated", "nn_train_distance_test",
+             "recon_l1", "recon_psnr", "classifier_accuracy", "modes_covered", "high_quality_share")
+BASELINE_COLUMNS = ("fd", "precision", "recall", "classes_covered", "mode_kl")
 
 
 def format_table(result: dict[str, Any]) -> str:
     """A plain-text table of the metrics and the protocol line, for the CLI."""
     m, p = result["metrics"], result["protocol"]
     rows = []
-    for key, label in _LABELS:
+    for key, label, _ in metric_columns(EVAL_ROWS):
         if key not in m:
             continue
         v = m[key]
@@ -380,16 +382,14 @@ def baseline_table(result: dict[str, Any]) -> str:
     """The run's samples beside the latent baselines, with a verdict drawn from these numbers."""
     m, b, p = result["metrics"], result["baselines"], result["protocol"]
     sets = {"samples": m, **b}
-    cols = [("fd", "FD"), ("precision", "precision"), ("recall", "recall"), ("classes_covered", "classes"),
-            ("mode_kl", "KL")]
-    cols = [(k, lab) for k, lab in cols if k in m]
+    cols = [(k, lab, max(9, len(lab))) for k, lab, _ in metric_columns(BASELINE_COLUMNS) if k in m]
     label = {"mixture": f"Gaussian mixture ({p.get('mixture_components', '?')} comp.) fitted to the codes"}
     width = max(len(label.get(k, v)) for k, v in BASELINE_ROWS if k in sets)
     out = ["where quality is lost (same generator and real features):",
-           f"  {'images':<{width}}  " + "  ".join(f"{lab:>9}" for _, lab in cols)]
+           f"  {'images':<{width}}  " + "  ".join(f"{lab:>{w}}" for _, lab, w in cols)]
     for key, text in BASELINE_ROWS:
         if key in sets:
-            vals = [f"{sets[key][c]:>9}" if c == "classes_covered" else f"{sets[key][c]:>9.4g}" for c, _ in cols]
+            vals = [f"{sets[key][c]:>{w}}" if c == "classes_covered" else f"{sets[key][c]:>{w}.4g}" for c, _, w in cols]
             out.append(f"  {label.get(key, text):<{width}}  " + "  ".join(vals))
     if "mixture" in b:
         fd_win = m["fd"] < b["mixture"]["fd"]
@@ -412,13 +412,9 @@ def evaluate_images(images: Union[str, Path, torch.Tensor], dataset: str = "fash
     .npz with key `points` as `glann sample --format npz` writes): they are scored by mode counts.
     """
     if dataset in MIXTURES:
-        points = _load_points(images)[:num_samples]
-        centres, std = mixture_spec(dataset)
-        result = {"metrics": mixture_modes(points, centres, std),
-                  "protocol": {"features": "mixture", "feature_net": f"nearest of {len(centres)} centres, 3 std",
-                               "feature_dim": 0, "num_generated": int(points.shape[0]), "num_reference": 0,
-                               "seed": seed, "dataset": dataset, "versions": _versions(),
-                               "images": str(images) if isinstance(images, (str, Path)) else "tensor"}}
+        t0 = time.perf_counter()
+        result = mixture_result(_load_points(images)[:num_samples], dataset, seed, t0)
+        result["protocol"].update(dataset=dataset, images=str(images) if isinstance(images, (str, Path)) else "tensor")
         if output:
             write_eval(output, result)
         return result
