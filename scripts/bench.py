@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from glann import knn
 from glann.config import load_config
 from glann.data import load_dataset, make_shapes
-from glann.glo import build_generator, train_glo
-from glann.imle import build_mapper, train_imle
+from glann.glo import train_glo
+from glann.imle import train_imle
+from glann.nets import build_generator, build_mapper
 from glann.sampler import Sampler
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,10 +24,10 @@ from glann.evaluate.classifier import domain_classifier
 from glann.evaluate.latent import baseline_images
 from glann.evaluate.suite import _subset, evaluate, reference_data
 from glann.data import Dataset
-from glann.glo import build_generator
 from glann.imle import train_imle
 from glann.nets import sphere
-from glann.runs import load_checkpoint
+from glann.checkpoints import load_checkpoint
+from glann.nets import build_generator
 from glann.sampler import Sampler
 from omegaconf import OmegaConf
 

@@ -22,7 +22,7 @@ from glann import Sampler
 from glann.config import MIXTURES
 from glann.data import mixture_spec
 from glann.nets import sphere
-from glann.runs import load_checkpoint
+from glann.checkpoints import load_checkpoint
 
 
 def main() -> int:

@@ -18,16 +18,19 @@ from pathlib import Path
 
 import torch
 
-from glann.runs import load_checkpoint
+from glann.checkpoints import checkpoint_file, load_checkpoint
+from glann.config import STAGES
+from glann.evaluate.metrics import metric_columns
 
-COLS = (("fd", "FD", "lower"), ("precision", "precision", "higher"), ("recall", "recall", "higher"),
-        ("classes_covered", "classes", "higher"), ("mode_kl", "KL", "lower"))
+# Markdown cells: a | inside a label (KL(gen || data)) would end its cell
+COLS = [(k, label.replace("|", "\\|"), better) for k, label, better in
+        metric_columns(("fd", "precision", "recall", "classes_covered", "mode_kl"))]
 
 
 def _epochs(run: Path) -> str:
     out = []
-    for stage in ("glo", "imle", "gan"):
-        f = run / "checkpoints" / f"{stage}.pt"
+    for stage in STAGES:
+        f = checkpoint_file(run, stage)
         if f.is_file():
             ck = load_checkpoint(f, mmap=True)
             out.append(f"{stage} {int(ck['epoch']) + 1} ({float(ck['extra'].get('seconds', torch.tensor(0.0))):.0f} s)")

@@ -74,7 +74,7 @@ def test_training_steps_never_wait_for_the_gpu(stage, tmp_path):
     from glann.gan import train_gan
     from glann.glo import train_glo
     from glann.imle import train_imle
-    from glann.runs import CHECK_EVERY
+    from glann.loop import CHECK_EVERY
 
     from conftest import ROOT
 

@@ -48,7 +48,8 @@ def test_shards_are_disjoint_and_cover_the_data(n):
 def _assign(rank, out_dir):
     from glann.config import load_config
     from glann.distributed import current
-    from glann.imle import build_mapper, draw_pool
+    from glann.imle import draw_pool
+    from glann.nets import build_mapper
     from glann.knn import nearest
 
     cfg = load_config(ROOT / "configs" / "tiny.yaml")

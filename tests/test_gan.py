@@ -7,10 +7,10 @@ from glann import Sampler, train
 from glann.cli import main
 from glann.data import load_dataset
 from glann.errors import ConfigError
-from glann.gan import (build_discriminator, diagnose, discriminator_loss, diversity, generator_loss,
-                       gradient_penalty, r1_penalty, train_gan)
+from glann.evaluate.metrics import diversity
+from glann.gan import diagnose, discriminator_loss, generator_loss, gradient_penalty, r1_penalty, train_gan
 from glann.images import to_model
-from glann.nets import Discriminator, Generator
+from glann.nets import Discriminator, Generator, build_discriminator
 from glann.runs import Run
 
 # Tiny: 64 shapes, batches of 16, narrow nets: a GAN epoch is a fraction of a second.

@@ -12,8 +12,9 @@ from glann.data import load_dataset, make_mixture, make_shapes, mixture_spec, st
 from glann.errors import ConfigError, DataError
 from glann.evaluate.modes import mixture_modes, stacked_modes
 from glann.evaluate.suite import evaluate_run
-from glann.gan import build_discriminator, gradient_penalty, train_gan
-from glann.glo import build_generator, train_glo
+from glann.gan import gradient_penalty, train_gan
+from glann.glo import train_glo
+from glann.nets import build_discriminator, build_generator
 from glann.nets import MinibatchStd, MLPDiscriminator, MLPGenerator
 
 

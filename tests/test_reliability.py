@@ -18,7 +18,8 @@ from glann.config import DataConfig
 from glann.data import load_dataset
 from glann.errors import CheckpointError, DataError, TrainingError
 from glann.glo import train_glo
-from glann.runs import Run, load_checkpoint
+from glann.checkpoints import load_checkpoint
+from glann.runs import Run
 
 from conftest import ROOT
 
@@ -229,7 +230,7 @@ def test_labels_that_do_not_match_the_images_are_refused(tmp_path):
 
 
 def test_checkpoints_get_the_usual_file_mode(tmp_path):
-    from glann.runs import save_checkpoint
+    from glann.checkpoints import save_checkpoint
 
     umask = os.umask(0o022)
     try:

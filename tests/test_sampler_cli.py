@@ -10,7 +10,8 @@ from glann import Sampler, train
 from glann.cli import main
 from glann.data import make_shapes
 from glann.errors import CheckpointError, DataError
-from glann.runs import Run, load_checkpoint, save_checkpoint
+from glann.checkpoints import load_checkpoint, save_checkpoint
+from glann.runs import Run
 
 from conftest import ROOT
 
@@ -108,7 +109,7 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path, tiny, monkeyp
     from glann.data import load_dataset
     from glann.glo import train_glo
     from glann.imle import train_imle
-    from glann.runs import Budget
+    from glann.loop import Budget
 
     real_end = Budget.end_epoch
     data = load_dataset(part_cfg.data, seed=part_cfg.seed)
