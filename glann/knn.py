@@ -35,12 +35,14 @@ def faiss_has_gpu() -> bool:
 def pick_backend(backend: str = "auto", device: torch.device | None = None) -> str:
     """auto: faiss on CUDA tensors when faiss has GPU support, else the torch kernel.
 
-    On CPU, as measured (scripts/bench.py, scripts/bench_vs.py; benchmarks/bench_cpu.md and the
-    README's k-NN table): the torch k = 1 kernel was about 5x faster than faiss-cpu's IndexFlatL2 on
-    the Xeon of the first sessions, and 1.1-1.3x faster on the AMD EPYC of issue 12 (one 60,000 x
-    120,000 search: 6.4-7.1 s against 7.5-8.2 s). Faster on both, so auto keeps torch there, which
-    also keeps a seed's training the same as before (the two can order exact ties differently);
-    faiss stays one switch away (imle.knn_backend=faiss).
+    On CPU, as measured (scripts/bench.py; benchmarks/bench_cpu.md, benchmarks/imle_study_cpu.md,
+    benchmarks/bench_cpu_vs_refactor.md), which backend wins depends on the processor and the shape:
+    on the Xeon of the first sessions the torch k = 1 kernel was 4.7x faster than faiss-cpu's
+    IndexFlatL2 (137 against 29 GFLOP/s); on the AMD EPYC of issues 12-13 they were within 20% of
+    each other, torch ahead on 60,000 codes x 120,000 samples (81-91 against 75-83 GFLOP/s) and faiss
+    ahead in an IMLE epoch of 60,000 x 60,000 (5.5-6.8 s against 6.8-8.4 s). auto keeps torch on
+    CPU: never far behind, far ahead on the Xeon, and what a seed has always trained with (the two
+    can order exact ties differently). imle.knn_backend=faiss is one switch away.
     """
     if backend == "auto":
         on_cuda = device is not None and device.type == "cuda"
