@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from _variants import emit, parse_variant
+
 from glann.config import load_config
 from glann.data import load_dataset
 from glann.glo import train_glo
@@ -35,8 +37,7 @@ def main() -> int:
     args = p.parse_args()
     rows = []
     for spec in args.variants:
-        name, _, over = spec.partition(":")
-        overrides = [o for o in over.split(";") if o]
+        name, overrides = parse_variant(spec)
         cfg = load_config(args.config, [f"data.limit={args.limit}", f"glo.epochs={args.epochs}", *overrides])
         data = load_dataset(cfg.data, torch.device("cpu"), seed=cfg.seed)
         t0 = time.perf_counter()
@@ -49,12 +50,7 @@ def main() -> int:
     for name, over, losses, secs in rows:
         lines.append(f"| {name} | {over} | {', '.join(f'{v:.4f}' for v in losses)} | "
                      f"{losses[-1] / rows[0][2][-1]:.2f}x | {secs:.0f} |")
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(text + "\n")
-    return 0
+    return emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from _variants import emit, parse_variant
+
 from glann.config import config_from_dict
 from glann.evaluate.classifier import domain_classifier
 from glann.evaluate.latent import baseline_images
@@ -62,8 +64,7 @@ def main() -> int:
         for name, m in r["baselines"].items():
             rows.append((name, "", m, {}))
     for spec in args.variant or ["base:"]:
-        name, _, over = spec.partition(":")
-        overrides = [o for o in over.split(";") if o]
+        name, overrides = parse_variant(spec)
         cfg = config_from_dict(base_cfg)
         merged = OmegaConf.merge(OmegaConf.structured(cfg), OmegaConf.from_dotlist(
             [f"imle.max_seconds={args.seconds}", "imle.epochs=100000"] + overrides))
@@ -86,12 +87,7 @@ def main() -> int:
         nn = f"{info['nn_first']:.3f} -> {info['nn_last']:.3f}" if info else ""
         lines.append(f"| {name} | {over} | {info.get('epochs', '')} | {nn} | {m['fd']:.2f} | {m['precision']:.3f} | "
                      f"{m['recall']:.3f} | {m['classes_covered']} | {m['mode_kl']:.4f} |")
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(text + "\n")
-    return 0
+    return emit(lines, args.out)
 
 
 if __name__ == "__main__":
