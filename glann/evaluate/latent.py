@@ -9,9 +9,9 @@ IMLE earns its place when its samples beat the mixture's.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
+
+from ..sampler import Sampler
 
 MIXTURE_COMPONENTS = 50
 MIXTURE_FIT_CODES = 20000  # codes the mixture is fitted on: seconds on a 2-core CPU at nz 64
@@ -36,7 +36,7 @@ def code_samplers(codes: torch.Tensor, n: int, seed: int = 0) -> dict[str, torch
     return out
 
 
-def baseline_images(sampler: Any, codes: torch.Tensor, n: int, seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
+def baseline_images(sampler: Sampler, codes: torch.Tensor, n: int, seed: int = 0) -> tuple[dict[str, torch.Tensor], dict]:
     """Images (float n x C x H x W in [0, 1]) of each baseline, decoded by the run's generator,
     and what was fitted (for the protocol)."""
     latents = code_samplers(codes, n, seed)
