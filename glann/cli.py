@@ -51,7 +51,8 @@ def _sample(args: argparse.Namespace) -> int:
     if vector and args.out_dir and args.format != "npz":
         raise SystemExit("glann sample: this run makes 2-D points, not images; use --format npz, "
                          "or -o FILE.png for a scatter plot")
-    images = sampler.sample(args.num, seed=args.seed)
+    label = sampler.class_index(args.cls) if args.cls is not None else None  # a one-line error when unconditional
+    images = sampler.sample(args.num, seed=args.seed, labels=label)
     if args.format == "npz":
         out = Path(args.output or "samples.npz")
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -143,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", help="grid PNG (default samples.png) or .npz file with --format npz")
     s.add_argument("--out-dir", help="write one PNG per sample into this folder instead of a grid")
     s.add_argument("--format", choices=["png", "npz"], default="png")
+    s.add_argument("--class", dest="cls", metavar="CLASS",
+                   help="class-conditional runs: draw this class only, by index or name (e.g. 3 or Trouser)")
     s.add_argument("--device", default="auto")
     s.set_defaults(func=_sample)
 

@@ -110,6 +110,11 @@ class ModelConfig:
     mapper_batch_norm: bool = True  # batch norm after each hidden mapper layer (reference: yes)
     # Vector data (2-D mixtures) only: hidden widths of the MLP generator (PacGAN's: 4 x 400).
     mlp_hidden: List[int] = field(default_factory=lambda: [400, 400, 400, 400])
+    # Set by training, not by hand: the training images per class of a class-conditional run
+    # (imle.conditional for GLANN, gan.conditional for the GAN), from the data's labels. Its length is
+    # the number of classes the mapper (GLANN) or generator and discriminator (GAN) take, and
+    # sampling without labels draws classes in these shares. Empty: unconditional.
+    class_counts: List[int] = field(default_factory=list)
 
     def checks(self) -> list[Check]:
         return [
@@ -191,6 +196,10 @@ class IMLEConfig:
     # code (one more search per refresh). IMLE's own objective (data -> sample) leaves a sample that
     # is no code's nearest where it is, which costs precision. 0: plain IMLE. One process only.
     precision_weight: float = 0.0
+    # Class-conditional IMLE (needs labelled data): the mapper takes a class embedding beside the
+    # noise, each class draws its share of the pool, and each code is matched only among the
+    # samples of its own class. GLO is unchanged. Sample a class with Sampler.sample(labels=...).
+    conditional: bool = False
     knn_backend: str = resumable("auto")
     knn_query_batch: Optional[int] = resumable(None)  # queries per k-NN tile; None: 2048 on CPU, 16384 on a GPU
     max_seconds: Optional[float] = resumable(None)  # budget: stop IMLE after this many seconds of training, as glo.max_seconds
@@ -242,6 +251,12 @@ class GANConfig:
     r1_gamma: float = 0.0  # R1 penalty weight on real data (Mescheder et al. 2018); 0: off
     gp_lambda: float = 10.0  # WGAN-GP gradient-penalty weight (used by loss wgan-gp only)
     feature_matching: float = 0.0  # weight of the feature-matching term added to G's loss; 0: off
+    # Class-conditional GAN (needs labelled data): the generator's noise is shifted by a class
+    # embedding, the discriminator is a projection discriminator (Miyato & Koyama 2018). Needs pack=1.
+    conditional: bool = False
+    # Virtual batch norm in the generator (Salimans et al. 2016): every batch is normalised with the
+    # statistics of a fixed reference batch of noise together with itself (one forward of both).
+    virtual_batch_norm: bool = False
     max_steps: Optional[int] = resumable(None)  # budget: stop after this many generator updates
     max_seconds: Optional[float] = resumable(None)  # budget: stop after this much training wall-clock time
 
@@ -254,6 +269,8 @@ class GANConfig:
             (self.pack < 1 or self.batch_size % self.pack == 0,  # pack < 1 is refused above
              f"gan.batch_size ({self.batch_size}) must be a multiple of gan.pack ({self.pack})"),
             (0.0 <= self.label_smoothing < 0.5, "gan.label_smoothing must be in [0, 0.5); 0.1 is usual"),
+            (not self.conditional or self.pack == 1,
+             f"gan.conditional=true judges one sample per decision: set gan.pack=1 (got {self.pack})"),
             (not (self.d_batch_norm and (self.loss == "wgan-gp" or self.r1_gamma > 0)),
              "gradient penalties are per sample and batch norm mixes samples: set gan.d_batch_norm=false "
              "with gan.loss=wgan-gp or gan.r1_gamma > 0"),
@@ -392,6 +409,15 @@ def validate(cfg: GlannConfig) -> None:
         (cfg.glo.batch_size > 0 and cfg.imle.batch_size > 0, "glo.batch_size and imle.batch_size must be positive"),
         (cfg.imle.refresh_every >= 1 and cfg.checkpoint_every >= 1 and cfg.sample_every >= 1,
          "imle.refresh_every, checkpoint_every and sample_every must be >= 1"),
+        (not cfg.model.class_counts or (min(cfg.model.class_counts) > 0 and (
+            cfg.imle.conditional if cfg.method == "glann" else cfg.gan.conditional)),
+         "model.class_counts is set by training from the data's labels for a class-conditional run "
+         "(imle.conditional / gan.conditional); leave it empty"),
+        (not cfg.gan.virtual_batch_norm or cfg.model.batch_norm,
+         "gan.virtual_batch_norm=true normalises the generator's batch-norm layers: set model.batch_norm=true"),
+        (not (cfg.data.stack == 3 and (cfg.imle.conditional or cfg.gan.conditional)),
+         "stacked data (data.stack=3) counts 1,000 modes without labels to condition on: set "
+         "imle.conditional=false and gan.conditional=false"),
     ]
     for ok, msg in [c for section in sections for c in section.checks()] + cross:
         if not ok:

@@ -22,7 +22,7 @@ from .devices import to_device_async
 from .images import save_grid, to_model, to_unit
 from .evaluate.metrics import diversity
 from .evaluate.training import DomainFDCheck
-from .nets import Discriminator, Generator, build_discriminator, build_generator
+from .nets import Discriminator, Generator, build_discriminator, build_generator, draw_labels, grid_classes
 from .loop import CHECK_EVERY, Budget, check_finite, end_of_epoch, epoch_loop, keep_configured_lr
 from .runs import Run
 
@@ -77,11 +77,13 @@ def generator_loss(loss: str, d_fake: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"unknown GAN loss '{loss}'")
 
 
-def gradient_penalty(D: Discriminator, real: torch.Tensor, fake: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
-    """WGAN-GP: E[(||grad D(x_hat)|| - 1)^2] on random interpolates of real and fake (one norm per decision)."""
+def gradient_penalty(D: Discriminator, real: torch.Tensor, fake: torch.Tensor, rng: torch.Generator,
+                     labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """WGAN-GP: E[(||grad D(x_hat)|| - 1)^2] on random interpolates of real and fake (one norm per
+    decision; conditional: real and fake of the same classes, `labels`)."""
     alpha = to_device_async(torch.rand(real.shape[0], *[1] * (real.ndim - 1), generator=rng), real.device)
     x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
-    (grad,) = torch.autograd.grad(D(x_hat).sum(), x_hat, create_graph=True)
+    (grad,) = torch.autograd.grad(D(x_hat, labels).sum(), x_hat, create_graph=True)
     norms = grad.reshape(real.shape[0] // D.pack, -1).norm(dim=1)
     return (norms - 1.0).pow(2).mean()
 
@@ -137,6 +139,9 @@ class _GANState:
     batch: int
     steps: int
     history: list[dict[str, float]]  # the diagnostics diagnose() reads, one per epoch (resumes included)
+    conditional: bool = False  # gan.conditional: G and D take each sample's class (the real batch's labels)
+    ref_noise: Optional[torch.Tensor] = None  # gan.virtual_batch_norm: the fixed reference batch's noise ...
+    ref_labels: Optional[torch.Tensor] = None  # ... and, conditional, its classes
 
 
 def train_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GANResult:
@@ -149,8 +154,9 @@ def train_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GAN
     so a report can race GLANN and the GAN on one metric against training seconds.
     """
     s, gc, device = _setup_gan(data, cfg, run), cfg.gan, data.images.device
-    grid_noise = torch.randn(max(cfg.grid_size, DIVERSITY_SAMPLES), cfg.model.nz,
-                             generator=torch.Generator().manual_seed(cfg.seed + 2)).to(device)
+    grid_labels = grid_classes(cfg.model.class_counts, max(cfg.grid_size, DIVERSITY_SAMPLES), device)
+    grid_noise = torch.randn(max(cfg.grid_size, DIVERSITY_SAMPLES) if grid_labels is None else len(grid_labels),
+                             cfg.model.nz, generator=torch.Generator().manual_seed(cfg.seed + 2)).to(device)
     ref_idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed + 3))[:DIVERSITY_SAMPLES]
     real_diversity = diversity(to_model(data.images[ref_idx.to(device)]))
     flags: list[str] = []
@@ -163,7 +169,7 @@ def train_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GAN
         # -- diagnostics, on fixed noise so that epochs compare
         s.G.eval()
         with torch.no_grad():
-            samples = s.G(grid_noise)
+            samples = s.G(grid_noise, grid_labels)
         s.G.train()
         record = _diagnostics(sums, n_d, n_g, cfg.gan.loss, diversity(samples[:DIVERSITY_SAMPLES]) / max(real_diversity, 1e-12))
         if run and run.is_main and cfg.eval.every and (epoch + 1) % cfg.eval.every == 0:
@@ -177,8 +183,9 @@ def train_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GAN
                       **{f"flag_{k}": float(k in seen) for k in ("vanishing", "collapse", "oscillation")})
         end_of_epoch(run, "gan", epoch, gc.epochs, stop, cfg.sample_every, cfg.checkpoint_every, record,
                      save=lambda: run.save_stage("gan", epoch, s.state, s.rng, extra=s.budget.state()),
-                     grids=lambda: save_grid(to_unit(samples[:cfg.grid_size]),
-                                             run.sample_path(f"gan_samples_epoch{epoch:04d}")))
+                     grids=lambda: save_grid(to_unit(samples[:cfg.grid_size] if grid_labels is None else samples),
+                                             run.sample_path(f"gan_samples_epoch{epoch:04d}"),
+                                             nrow=None if grid_labels is None else len(grid_labels) // len(cfg.model.class_counts)))
         if stop:
             break
     s.G.eval()
@@ -205,7 +212,24 @@ def _setup_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run]) -> _GANState
                for r in (run.read_metrics() if run else []) if r.get("stage") == "gan" and r["step"] < start]
     batch = min(gc.batch_size, n) // gc.pack * gc.pack
     budget = Budget(gc.max_seconds, extra, max_steps=gc.max_steps, steps_key="g_steps")
-    return _GANState(G, D, opt_g, opt_d, state, rng, budget, start, batch, n // batch, history)
+    conditional = bool(cfg.model.class_counts)
+    ref_noise = ref_labels = None
+    if gc.virtual_batch_norm:  # a fixed reference batch, the same on a resume (its own seed)
+        g = torch.Generator().manual_seed(cfg.seed + 5)
+        ref_noise = torch.randn(batch, cfg.model.nz, generator=g).to(device)
+        ref_labels = draw_labels(cfg.model.class_counts, batch, g).to(device) if conditional else None
+    return _GANState(G, D, opt_g, opt_d, state, rng, budget, start, batch, n // batch, history, conditional,
+                     ref_noise, ref_labels)
+
+
+def _fake(s: _GANState, z: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+    """G(z) for training; with gan.virtual_batch_norm the reference batch goes through G with z,
+    so every batch-norm layer normalises z's batch with the reference's statistics and its own
+    (Salimans et al. 2016, sec. 3.4; the reference's outputs are dropped)."""
+    if s.ref_noise is None:
+        return s.G(z, labels)
+    y = None if labels is None else torch.cat([s.ref_labels, labels])
+    return s.G(torch.cat([s.ref_noise, z]), y)[len(s.ref_noise):]
 
 
 def _gan_epoch(s: _GANState, data: Dataset, cfg: GlannConfig, epoch: int,
@@ -220,15 +244,17 @@ def _gan_epoch(s: _GANState, data: Dataset, cfg: GlannConfig, epoch: int,
     bar = tqdm(range(s.steps), desc=f"GAN epoch {epoch}", unit="batch", leave=False,
                disable=None)  # per-batch bars only on a terminal: in a log file they are noise
     for step in bar:
-        real = to_model(data.images[perm[step * s.batch:(step + 1) * s.batch]])
-        d_real, d_fake, loss_d = _discriminator_step(s, cfg, real)
+        idx = perm[step * s.batch:(step + 1) * s.batch]
+        real = to_model(data.images[idx])
+        labels = data.labels[idx] if s.conditional else None  # the fakes are asked for the real batch's classes
+        d_real, d_fake, loss_d = _discriminator_step(s, cfg, real, labels)
         with torch.no_grad():
             sums[0] += loss_d.detach()
             sums[2] += (d_real > threshold).float().mean()
             sums[3] += (d_fake <= threshold).float().mean()
         n_d += 1
         if (step + 1) % gc.n_critic == 0:  # a generator step every n_critic discriminator steps
-            loss_g, gnorm = _generator_step(s, cfg, real)
+            loss_g, gnorm = _generator_step(s, cfg, real, labels)
             with torch.no_grad():
                 sums[1] += loss_g.detach()
                 sums[4] += gnorm
@@ -243,17 +269,19 @@ def _gan_epoch(s: _GANState, data: Dataset, cfg: GlannConfig, epoch: int,
     return sums, n_d, n_g
 
 
-def _discriminator_step(s: _GANState, cfg: GlannConfig, real: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """One D update on a real batch and as many fakes; returns D's logits on both and its loss."""
+def _discriminator_step(s: _GANState, cfg: GlannConfig, real: torch.Tensor,
+                        labels: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, ...]:
+    """One D update on a real batch and as many fakes (conditional: of the same classes);
+    returns D's logits on both and its loss."""
     gc = cfg.gan
     z = to_device_async(torch.randn(s.batch, cfg.model.nz, generator=s.rng), real.device)
     with torch.no_grad():
-        fake = s.G(z)
+        fake = _fake(s, z, labels)
     real.requires_grad_(gc.r1_gamma > 0)
-    d_real, d_fake = s.D(real), s.D(fake)
+    d_real, d_fake = s.D(real, labels), s.D(fake, labels)
     loss_d = discriminator_loss(gc.loss, d_real, d_fake, gc.label_smoothing)
     if gc.loss == "wgan-gp":
-        loss_d = loss_d + gc.gp_lambda * gradient_penalty(s.D, real.detach(), fake, s.rng)
+        loss_d = loss_d + gc.gp_lambda * gradient_penalty(s.D, real.detach(), fake, s.rng, labels)
     if gc.r1_gamma > 0:
         loss_d = loss_d + 0.5 * gc.r1_gamma * r1_penalty(d_real, real)
     s.opt_d.zero_grad(set_to_none=True)
@@ -262,16 +290,17 @@ def _discriminator_step(s: _GANState, cfg: GlannConfig, real: torch.Tensor) -> t
     return d_real, d_fake, loss_d
 
 
-def _generator_step(s: _GANState, cfg: GlannConfig, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _generator_step(s: _GANState, cfg: GlannConfig, real: torch.Tensor,
+                    labels: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One G update on fresh noise; returns its loss and gradient norm (measured, never clipped)."""
     gc = cfg.gan
     z = to_device_async(torch.randn(s.batch, cfg.model.nz, generator=s.rng), real.device)
-    d_fake, f_fake = s.D(s.G(z), return_features=True)
+    d_fake, f_fake = s.D(_fake(s, z, labels), labels, return_features=True)
     loss_g = generator_loss(gc.loss, d_fake)
     if gc.feature_matching > 0:
         # Salimans et al. 2016, sec. 3.1: match the mean of D's last features on real data.
         with torch.no_grad():
-            f_real = s.D(real.detach(), return_features=True)[1]
+            f_real = s.D(real.detach(), labels, return_features=True)[1]
         loss_g = loss_g + gc.feature_matching * (f_real.mean(0) - f_fake.mean(0)).pow(2).mean()
     s.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()

@@ -16,8 +16,8 @@ from tqdm.auto import tqdm
 from .config import GlannConfig
 from .devices import to_device_async
 from .images import save_grid, to_unit
-from .knn import nearest
-from .nets import Generator, Mapper, build_mapper, sphere
+from .knn import nearest, nearest_within
+from .nets import Generator, Mapper, build_mapper, draw_labels, grid_classes, sphere
 from .distributed import current as current_dist
 from .errors import TrainingError
 from .evaluate.training import DomainFDCheck
@@ -37,32 +37,61 @@ class IMLEResult:
 
 
 @torch.no_grad()
-def map_noise(mapper: Mapper, noise: torch.Tensor) -> torch.Tensor:
-    """T(noise) in near-equal chunks of at most SAMPLE_BATCH rows. Equal, not SAMPLE_BATCH and a
-    remainder: in train mode batch norm takes each chunk's statistics, and a last chunk of a
-    few rows would get degenerate ones (one row is an error)."""
-    return torch.cat([mapper(chunk) for chunk in noise.tensor_split(-(-len(noise) // SAMPLE_BATCH) or 1)])
+def map_noise(mapper: Mapper, noise: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """T(noise) (conditional mapper: T(noise, labels)) in near-equal chunks of at most SAMPLE_BATCH
+    rows. Equal, not SAMPLE_BATCH and a remainder: in train mode batch norm takes each chunk's
+    statistics, and a last chunk of a few rows would get degenerate ones (one row is an error)."""
+    chunks = -(-len(noise) // SAMPLE_BATCH) or 1
+    if labels is None:
+        return torch.cat([mapper(chunk) for chunk in noise.tensor_split(chunks)])
+    return torch.cat([mapper(e, y) for e, y in zip(noise.tensor_split(chunks), labels.tensor_split(chunks))])
+
+
+def pool_labels(class_counts: list[int], samples_per_point: float, world: int = 1) -> torch.Tensor:
+    """Conditional IMLE's pool, by class: ceil(samples_per_point x n_c) samples of each class c
+    (the largest classes take one more each until the pool splits evenly over `world` ranks).
+    Returns the pool's labels in order (int64, on the CPU); every rank computes the same."""
+    counts = torch.tensor([math.ceil(samples_per_point * n) for n in class_counts])
+    pad = -int(counts.sum()) % world
+    counts[torch.argsort(torch.tensor(class_counts), descending=True, stable=True)[:pad]] += 1
+    return torch.repeat_interleave(torch.arange(len(counts)), counts)
 
 
 def draw_pool(mapper: Mapper, m: int, noise_dim: int, rng: torch.Generator,
-              device: torch.device, on_sphere: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+              device: torch.device, on_sphere: bool = False,
+              labels: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """m noise vectors and their mapped samples (no grad). Under torchrun each rank draws
     ceil(m / world) and all ranks all-gather them (m x (noise_dim + nz) floats: small),
     so every rank holds the same pool in rank order. on_sphere: the samples projected to the
-    unit sphere, as the generator sees them (imle.sphere)."""
+    unit sphere, as the generator sees them (imle.sphere). labels (conditional IMLE: the whole
+    pool's, `pool_labels`; m is then its length): rank r maps the r-th contiguous part of them."""
     d = current_dist()
-    noise = to_device_async(torch.randn(-(-m // d.world), noise_dim, generator=rng), device)
-    samples = map_noise(mapper, noise)
+    mine = None if labels is None else labels.view(d.world, -1)[d.rank].to(device)
+    rows = -(-m // d.world) if mine is None else len(mine)
+    noise = to_device_async(torch.randn(rows, noise_dim, generator=rng), device)
+    samples = map_noise(mapper, noise, mine)
     if on_sphere:
         samples = sphere(samples)
     return d.all_gather_cat(noise), d.all_gather_cat(samples)
 
 
+def search(queries: torch.Tensor, database: torch.Tensor, ic, k: int = 1, query_labels: Optional[torch.Tensor] = None,
+           database_labels: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """IMLE's exact k-NN (imle.knn_backend): among all database rows, or with labels (conditional
+    IMLE) among the rows of each query's own class only."""
+    if query_labels is None:
+        return nearest(queries, database, k=k, backend=ic.knn_backend, query_batch=ic.knn_query_batch)
+    return nearest_within(queries, query_labels, database, database_labels, k=k, backend=ic.knn_backend,
+                          query_batch=ic.knn_query_batch)
+
+
 @torch.no_grad()
-def match_codes(codes: torch.Tensor, samples: torch.Tensor, ic, n: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def match_codes(codes: torch.Tensor, samples: torch.Tensor, ic, n: int, labels: Optional[torch.Tensor] = None,
+                sample_labels: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Each code's match in the pool (data -> sample, IMLE Alg. 1): (matched squared distances,
     sample indices), both of len(codes), and metrics: nn_distance, the mean distance from a code to
-    its nearest sample (n: the codes of every rank).
+    its nearest sample (n: the codes of every rank). With labels (the codes') and sample_labels
+    (the pool's), conditional IMLE: a code is matched only among the samples of its class.
 
     With ic.rs_quantile (RS-IMLE), a sample within eps of any code is rejected first (the union
     over ranks under torchrun) and each code takes its nearest kept sample; eps is that quantile of
@@ -70,8 +99,9 @@ def match_codes(codes: torch.Tensor, samples: torch.Tensor, ic, n: int) -> tuple
     one; codes whose neighbours are all rejected are searched again among the kept samples.
     """
     d = current_dist()
-    k = 1 if ic.rs_quantile is None else min(RS_NEIGHBOURS, len(samples))
-    dist2, idx = nearest(codes, samples, k=k, backend=ic.knn_backend, query_batch=ic.knn_query_batch)
+    smallest = len(samples) if sample_labels is None else int(torch.bincount(sample_labels).min())
+    k = 1 if ic.rs_quantile is None else min(RS_NEIGHBOURS, smallest)
+    dist2, idx = search(codes, samples, ic, k, labels, sample_labels)
     dist2 = dist2.clamp_min(0)
     metrics = {"nn_distance": d.sum(dist2[:, 0].sqrt().sum().item()) / n}
     if ic.rs_quantile is None:
@@ -87,8 +117,13 @@ def match_codes(codes: torch.Tensor, samples: torch.Tensor, ic, n: int) -> tuple
     first = ok.float().argmax(1, keepdim=True)  # the nearest kept one among the k
     match, md2 = idx.gather(1, first)[:, 0], dist2.gather(1, first)[:, 0]
     lost = (~ok.any(1)).nonzero()[:, 0]
+    if labels is not None:  # a class whose samples were all rejected keeps its nearest rejected ones
+        has_kept = torch.zeros(int(sample_labels.max()) + 1, dtype=torch.bool, device=samples.device)
+        has_kept[sample_labels[kept]] = True
+        lost = lost[has_kept[labels[lost]]]
     if len(lost):
-        d2, i2 = nearest(codes[lost], samples[kept], k=1, backend=ic.knn_backend, query_batch=ic.knn_query_batch)
+        d2, i2 = search(codes[lost], samples[kept], ic, 1, None if labels is None else labels[lost],
+                        None if labels is None else sample_labels[kept])
         match[lost], md2[lost] = kept[i2[:, 0]], d2[:, 0].clamp_min(0)
     metrics.update(rs_eps=eps2 ** 0.5, rs_rejected=float(rejected.float().mean()),
                    rs_matched_distance=d.sum(md2.sqrt().sum().item()) / n)
@@ -107,20 +142,24 @@ def epoch_seconds_estimate(n: int, cfg: GlannConfig, device: torch.device) -> fl
     T = build_mapper(cfg).to(device)
     codes = torch.randn(q, nz, generator=g).to(device)
     rng = torch.Generator().manual_seed(1)
+    counts, world = cfg.model.class_counts, current_dist().world
+    labels = draw_labels(counts, world * -(-m // world), g) if counts else None  # conditional: the pool's classes
     sync()
     t0 = time.perf_counter()
-    _, samples = draw_pool(T, m, cfg.model.noise_dim, rng, device, ic.sphere)
+    _, samples = draw_pool(T, m, cfg.model.noise_dim, rng, device, ic.sphere, labels)
     sync()
     t1 = time.perf_counter()
-    match_codes(codes, samples, ic, q)
+    code_labels = draw_labels(counts, q, g).to(device) if counts else None
+    match_codes(codes, samples, ic, q, code_labels, None if labels is None else labels.to(device))
     sync()
     t2 = time.perf_counter()
     opt = torch.optim.Adam(T.parameters(), lr=ic.lr)
     batch, probe = max(2, min(ic.batch_size, n)), 20
     noise = torch.randn(batch, cfg.model.noise_dim, generator=g).to(device)
+    y = draw_labels(counts, batch, g).to(device) if counts else None
     target = codes[:batch] if batch <= q else torch.randn(batch, nz, generator=g).to(device)
     for _ in range(probe):
-        loss = F.mse_loss(T(noise), target)
+        loss = F.mse_loss(T(noise, y), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -152,20 +191,25 @@ class _IMLEState:
     noise: Optional[torch.Tensor] = None  # the pool's noise in use (restored from a checkpoint, else drawn)
     match: Optional[torch.Tensor] = None  # each of this rank's codes' sample in the pool
     back: Optional[torch.Tensor] = None  # imle.precision_weight: each pool sample's nearest code
+    labels: Optional[torch.Tensor] = None  # conditional IMLE: this rank's codes' classes
+    pool_labels: Optional[torch.Tensor] = None  # conditional IMLE: the pool's classes (`pool_labels`)
 
 
 def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
-               generator: Optional[Generator] = None, codes_epoch: Optional[int] = None) -> IMLEResult:
+               generator: Optional[Generator] = None, codes_epoch: Optional[int] = None,
+               labels: Optional[torch.Tensor] = None) -> IMLEResult:
     """Train the mapper on data codes (float N x nz on the training device).
 
     `generator`, when given, is used only to draw sample grids. Resumes from run's IMLE checkpoint;
     `codes_epoch` (the GLO epochs behind `codes`) is recorded in it, so a resume can tell stale ones.
     Under torchrun `codes` is this rank's shard: the ranks share one pool of mapped samples and
-    each searches it for its own codes.
+    each searches it for its own codes. labels (int64, one per code; needed when
+    cfg.model.class_counts is set, i.e. imle.conditional): each code's class, for conditional IMLE.
     """
-    s, ic, d = _setup_imle(codes, cfg, run), cfg.imle, current_dist()
+    s, ic, d = _setup_imle(codes, cfg, run, labels), cfg.imle, current_dist()
     result = IMLEResult(s.T)
-    grid_noise = torch.randn(cfg.grid_size, cfg.model.noise_dim,
+    grid_labels = grid_classes(cfg.model.class_counts, cfg.grid_size, codes.device)  # conditional: a row per class
+    grid_noise = torch.randn(cfg.grid_size if grid_labels is None else len(grid_labels), cfg.model.noise_dim,
                              generator=torch.Generator().manual_seed(cfg.seed + 2)).to(codes.device)
     fd_check = None  # the training-time domain FD (cfg.eval), built on first use
     for epoch, bar in epoch_loop("IMLE", s.start, ic.epochs, s.budget):
@@ -187,19 +231,24 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
                       epoch_seconds=result.epoch_seconds[-1], seconds=s.budget.spent, **metrics)
         end_of_epoch(run, "imle", epoch, ic.epochs, stop, cfg.sample_every, cfg.checkpoint_every, record,
                      save=lambda: _save_imle(s, run, epoch, codes_epoch),
-                     grids=None if generator is None else lambda: _save_imle_grid(s.T, generator, grid_noise, run, epoch))
+                     grids=None if generator is None else lambda: _save_imle_grid(s.T, generator, grid_noise, grid_labels,
+                                                                                   run, epoch))
         if stop:
             break
     s.T.eval()
     return result
 
 
-def _setup_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run]) -> _IMLEState:
+def _setup_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run],
+                labels: Optional[torch.Tensor] = None) -> _IMLEState:
     """Mapper, optimiser and budget, restored from run's checkpoint with the pool then in use."""
     device, n_local = codes.device, codes.shape[0]
     d = current_dist()
     n = int(d.sum(n_local))
-    ic = cfg.imle
+    ic, counts = cfg.imle, cfg.model.class_counts
+    if counts and (labels is None or labels.shape != (n_local,)):
+        raise ValueError(f"conditional IMLE (model.class_counts set) needs one label per code: "
+                         f"{n_local} codes, labels {None if labels is None else tuple(labels.shape)}")
     torch.manual_seed(cfg.seed + 1)
     rng = torch.Generator().manual_seed(cfg.seed + 1 + 7919 * d.rank)
     T = build_mapper(cfg).to(device)
@@ -218,8 +267,10 @@ def _setup_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run]) -> _I
     steps = (n // d.world) // batch
     cosine = Cosine(ic.schedule, [(opt, ic.lr)], ic.epochs, steps)
     cosine.time_share = budget.fraction(in_epoch=False)
+    pool = pool_labels(counts, ic.samples_per_point, d.world).to(device) if counts else None
     return _IMLEState(T, T_train, codes, opt, sched, state, rng, budget, cosine, start, n,
-                      math.ceil(ic.samples_per_point * n), batch, steps, extra.get("noise"), match, extra.get("back"))
+                      math.ceil(ic.samples_per_point * n) if pool is None else len(pool), batch, steps,
+                      extra.get("noise"), match, extra.get("back"), None if pool is None else labels.to(device), pool)
 
 
 def _refresh(s: _IMLEState, cfg: GlannConfig, epoch: int, result: IMLEResult) -> dict[str, float]:
@@ -228,14 +279,14 @@ def _refresh(s: _IMLEState, cfg: GlannConfig, epoch: int, result: IMLEResult) ->
     ic = cfg.imle
     if not (epoch % ic.refresh_every == 0 or s.match is None or (ic.precision_weight > 0 and s.back is None)):
         return {}
-    s.noise, samples = draw_pool(s.T, s.m, cfg.model.noise_dim, s.rng, s.codes.device, ic.sphere)
+    s.noise, samples = draw_pool(s.T, s.m, cfg.model.noise_dim, s.rng, s.codes.device, ic.sphere, s.pool_labels)
     if not bool(torch.isfinite(samples).all()):  # one check per refresh; the search needs finite rows
         raise TrainingError(f"IMLE epoch {epoch}: the mapper's samples are NaN or infinite; lower imle.lr "
                             f"and resume from the last checkpoint")
     t_knn = time.perf_counter()
-    _, s.match, found = match_codes(s.codes, samples, ic, s.n)
-    if ic.precision_weight > 0:  # sample -> data: each pool sample's nearest code
-        back_d2, back = nearest(samples, s.codes, k=1, backend=ic.knn_backend, query_batch=ic.knn_query_batch)
+    _, s.match, found = match_codes(s.codes, samples, ic, s.n, s.labels, s.pool_labels)
+    if ic.precision_weight > 0:  # sample -> data: each pool sample's nearest code (of its class)
+        back_d2, back = search(samples, s.codes, ic, 1, s.pool_labels, s.labels)
         s.back = back[:, 0]
         found["sample_nn_distance"] = back_d2[:, 0].clamp_min(0).sqrt().mean().item()
     result.nn_distances.append(found["nn_distance"])
@@ -257,11 +308,12 @@ def _imle_epoch(s: _IMLEState, cfg: GlannConfig, epoch: int, run: Optional[Run])
     for step in bar:
         s.cosine.set(epoch, step)
         idx = perm[step * s.batch:(step + 1) * s.batch]
-        out = s.T_train(s.noise[s.match[idx]])
+        j = s.match[idx]
+        out = s.T_train(s.noise[j], None if s.pool_labels is None else s.pool_labels[j])
         loss = F.mse_loss(sphere(out) if ic.sphere else out, s.codes[idx])
         if ic.precision_weight > 0:  # pull pool samples towards their nearest codes too
             j = pool_perm[step * pool_batch:(step + 1) * pool_batch]
-            out_s = s.T_train(s.noise[j])
+            out_s = s.T_train(s.noise[j], None if s.pool_labels is None else s.pool_labels[j])
             loss = loss + ic.precision_weight * F.mse_loss(sphere(out_s) if ic.sphere else out_s, s.codes[s.back[j]])
         if not tracker.add(loss, step):
             continue
@@ -288,6 +340,9 @@ def _save_imle(s: _IMLEState, run: Run, epoch: int, codes_epoch: Optional[int]) 
 
 
 @torch.no_grad()
-def _save_imle_grid(T: Mapper, generator: Generator, grid_noise: torch.Tensor, run: Run, epoch: int) -> None:
+def _save_imle_grid(T: Mapper, generator: Generator, grid_noise: torch.Tensor, grid_labels: Optional[torch.Tensor],
+                    run: Run, epoch: int) -> None:
     T.eval()
-    save_grid(to_unit(generator.eval()(T(grid_noise))), run.sample_path(f"imle_samples_epoch{epoch:04d}"))
+    images = to_unit(generator.eval()(T(grid_noise, grid_labels)))
+    per_class = None if grid_labels is None else len(grid_labels) // (int(grid_labels.max()) + 1)
+    save_grid(images, run.sample_path(f"imle_samples_epoch{epoch:04d}"), nrow=per_class)

@@ -88,6 +88,26 @@ def nearest(queries: torch.Tensor, database: torch.Tensor, k: int = 1, backend: 
     return _torch_search(queries, database, k, query_batch, db_batch)
 
 
+@torch.no_grad()
+def nearest_within(queries: torch.Tensor, query_labels: torch.Tensor, database: torch.Tensor,
+                   database_labels: torch.Tensor, k: int = 1, backend: str = "auto",
+                   query_batch: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`nearest`, with each query searched only among the database rows of its own label (one
+    exact search per label). Returns (distances Q x k, indices into the whole database Q x k).
+    A label with fewer than k database rows raises ValueError, as `nearest` does."""
+    dist = torch.empty(len(queries), k, device=queries.device)
+    idx = torch.empty(len(queries), k, dtype=torch.long, device=queries.device)
+    for c in query_labels.unique().tolist():
+        q = (query_labels == c).nonzero()[:, 0]
+        rows = (database_labels == c).nonzero()[:, 0]
+        if len(rows) < k:
+            raise ValueError(f"label {c}: {len(rows)} database rows for k={k}; every label of the queries "
+                             f"needs at least k rows of its own")
+        d2, i = nearest(queries[q], database[rows], k=k, backend=backend, query_batch=query_batch)
+        dist[q], idx[q] = d2, rows[i]
+    return dist, idx
+
+
 def _faiss_search(queries: torch.Tensor, database: torch.Tensor, k: int,
                   query_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     faiss = faiss_module()

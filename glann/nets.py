@@ -3,7 +3,7 @@ discriminator, and the builders that make each from a config (inference and trai
 from __future__ import annotations
 
 import math
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -27,11 +27,12 @@ class Generator(nn.Module):
     """
 
     def __init__(self, nz: int = 64, image_size: int = 28, channels: int = 1, ngf: int = 64,
-                 fc_dim: int = 1024, batch_norm: bool = True):
+                 fc_dim: int = 1024, batch_norm: bool = True, num_classes: int = 0):
         super().__init__()
         if image_size not in IMAGE_SIZES:
             raise ValueError(f"image_size must be one of {IMAGE_SIZES}, got {image_size}")
         self.nz, self.image_size, self.channels = nz, image_size, channels
+        self.class_embed = ClassShift(num_classes, nz) if num_classes else None
         self.out_shape = (channels, image_size, image_size)
         s0 = image_size // 4 if image_size <= 32 else 4
         n_up = int(math.log2(image_size // s0))
@@ -56,19 +57,50 @@ class Generator(nn.Module):
         self.body = nn.Sequential(*layers)
         _init_weights(self)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.stem(sphere(z)).view(-1, self.c0, self.s0, self.s0)
+    def forward(self, z: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """labels (conditional GAN only): the classes asked for, which shift z before the sphere."""
+        x = self.stem(sphere(_shift(self, z, labels))).view(-1, self.c0, self.s0, self.s0)
         return self.body(x)
 
 
-class Mapper(nn.Module):
-    """IMLE mapper T: Gaussian noise (B x noise_dim) -> latent (B x nz); reference MLP 32-128-128-64."""
+class ClassShift(nn.Module):
+    """A class embedding added to the noise (z + E[y]) before the generator's sphere projection:
+    the conditional GAN's generator input. As the first layer is linear, this is the usual
+    concatenation of a one-hot label with the noise, learnt per class."""
 
-    def __init__(self, noise_dim: int = 32, nz: int = 64, hidden: Sequence[int] = (128, 128), batch_norm: bool = True):
+    def __init__(self, num_classes: int, dim: int):
         super().__init__()
-        self.noise_dim, self.nz = noise_dim, nz
+        self.num_classes = num_classes
+        self.embed = nn.Embedding(num_classes, dim)
+        nn.init.normal_(self.embed.weight, std=1.0)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return z + self.embed(labels)
+
+
+def _shift(module: nn.Module, z: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+    """z, shifted by its class embedding when the module is conditional and labels are given."""
+    if labels is None or module.class_embed is None:
+        return z
+    return module.class_embed(z, labels)
+
+
+class Mapper(nn.Module):
+    """IMLE mapper T: Gaussian noise (B x noise_dim) -> latent (B x nz); reference MLP 32-128-128-64.
+
+    num_classes > 0 (imle.conditional): T(e, y) takes a class embedding of noise_dim values
+    beside the noise, so each class has its own map to the latent space.
+    """
+
+    def __init__(self, noise_dim: int = 32, nz: int = 64, hidden: Sequence[int] = (128, 128), batch_norm: bool = True,
+                 num_classes: int = 0):
+        super().__init__()
+        self.noise_dim, self.nz, self.num_classes = noise_dim, nz, num_classes
+        self.class_embed = nn.Embedding(num_classes, noise_dim) if num_classes else None
+        if self.class_embed is not None:
+            nn.init.normal_(self.class_embed.weight, std=1.0)
         layers: list[nn.Module] = []
-        d = noise_dim
+        d = noise_dim * (2 if num_classes else 1)
         for h in hidden:
             layers += [nn.Linear(d, h, bias=not batch_norm), nn.BatchNorm1d(h) if batch_norm else nn.Identity(),
                        nn.ReLU(inplace=True)]
@@ -77,7 +109,11 @@ class Mapper(nn.Module):
         self.net = nn.Sequential(*layers)
         _init_weights(self)
 
-    def forward(self, e: torch.Tensor) -> torch.Tensor:
+    def forward(self, e: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.class_embed is not None:
+            if labels is None:
+                raise ValueError("this mapper is class-conditional: pass the labels of the samples")
+            e = torch.cat([e, self.class_embed(labels)], dim=1)
         return self.net(e)
 
 
@@ -116,7 +152,8 @@ class Discriminator(nn.Module):
     """
 
     def __init__(self, image_size: int = 28, channels: int = 1, ndf: int = 64, pack: int = 1,
-                 minibatch_std: bool = False, spectral_norm: bool = False, batch_norm: bool = True):
+                 minibatch_std: bool = False, spectral_norm: bool = False, batch_norm: bool = True,
+                 num_classes: int = 0):
         super().__init__()
         if image_size not in IMAGE_SIZES:
             raise ValueError(f"image_size must be one of {IMAGE_SIZES}, got {image_size}")
@@ -139,6 +176,7 @@ class Discriminator(nn.Module):
         self.mbstd = MinibatchStd() if minibatch_std else None
         self.feature_dim = widths[-1] * s_last * s_last
         self.head = nn.Linear((widths[-1] + int(minibatch_std)) * s_last * s_last, 1)
+        self.project = _projection(num_classes, self.feature_dim, pack)
         _init_weights(self)
         if spectral_norm:
             _spectral_norm(self)
@@ -150,13 +188,14 @@ class Discriminator(nn.Module):
             raise ValueError(f"batch of {b} does not split into packs of {self.pack}")
         return x.reshape(b // self.pack, c * self.pack, h, w)
 
-    def forward(self, x: torch.Tensor, return_features: bool = False):
-        """Logits (B / pack); with return_features also the last conv features (B / pack x feature_dim)."""
+    def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None, return_features: bool = False):
+        """Logits (B / pack); with return_features also the last conv features (B / pack x feature_dim).
+        labels: each image's class, for a projection discriminator (num_classes > 0)."""
         h = self.body(self.pack_input(x))
         feats = h.flatten(1)
         if self.mbstd is not None:
             h = self.mbstd(h)
-        logits = self.head(h.flatten(1)).squeeze(1)
+        logits = _projected(self, self.head(h.flatten(1)).squeeze(1), feats, labels)
         return (logits, feats) if return_features else logits
 
 
@@ -169,14 +208,15 @@ class MLPGenerator(nn.Module):
     """
 
     def __init__(self, nz: int = 64, dim: int = 2, hidden: Sequence[int] = (400, 400, 400, 400),
-                 batch_norm: bool = True):
+                 batch_norm: bool = True, num_classes: int = 0):
         super().__init__()
         self.nz, self.dim, self.out_shape = nz, dim, (dim,)
+        self.class_embed = ClassShift(num_classes, nz) if num_classes else None
         self.net = _mlp(nz, dim, hidden, nn.ReLU, batch_norm)
         _init_weights(self)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(sphere(z))
+    def forward(self, z: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.net(sphere(_shift(self, z, labels)))
 
 
 class MLPDiscriminator(nn.Module):
@@ -187,7 +227,8 @@ class MLPDiscriminator(nn.Module):
     """
 
     def __init__(self, dim: int = 2, hidden: Sequence[int] = (200, 200, 200), pack: int = 1,
-                 minibatch_std: bool = False, spectral_norm: bool = False, batch_norm: bool = False):
+                 minibatch_std: bool = False, spectral_norm: bool = False, batch_norm: bool = False,
+                 num_classes: int = 0):
         super().__init__()
         if pack < 1:
             raise ValueError(f"pack must be >= 1, got {pack}")
@@ -199,6 +240,7 @@ class MLPDiscriminator(nn.Module):
         self.mbstd = MinibatchStd() if minibatch_std else None
         self.feature_dim = hidden[-1]
         self.head = nn.Linear(hidden[-1] + int(minibatch_std), 1)
+        self.project = _projection(num_classes, self.feature_dim, pack)
         _init_weights(self)
         if spectral_norm:
             _spectral_norm(self)
@@ -209,14 +251,35 @@ class MLPDiscriminator(nn.Module):
             raise ValueError(f"batch of {b} does not split into packs of {self.pack}")
         return x.reshape(b // self.pack, -1)
 
-    def forward(self, x: torch.Tensor, return_features: bool = False):
-        """Logits (B / pack); with return_features also the last hidden features (B / pack x feature_dim)."""
+    def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None, return_features: bool = False):
+        """Logits (B / pack); with return_features also the last hidden features (B / pack x feature_dim).
+        labels: each point's class, for a projection discriminator (num_classes > 0)."""
         h = self.body(self.pack_input(x))
         feats = h
         if self.mbstd is not None:
             h = self.mbstd(h)
-        logits = self.head(h).squeeze(1)
+        logits = _projected(self, self.head(h).squeeze(1), feats, labels)
         return (logits, feats) if return_features else logits
+
+
+def _projection(num_classes: int, feature_dim: int, pack: int) -> Optional[nn.Embedding]:
+    """The class embedding of a projection discriminator (Miyato & Koyama 2018), or None."""
+    if not num_classes:
+        return None
+    if pack != 1:
+        raise ValueError("a class-conditional discriminator judges one sample per decision: use pack=1")
+    embed = nn.Embedding(num_classes, feature_dim)
+    nn.init.normal_(embed.weight, std=feature_dim ** -0.5)  # the term starts at the size of a feature, as the head's
+    return embed
+
+
+def _projected(D: nn.Module, logits: torch.Tensor, feats: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+    """logits + <embed(y), features>: the projection term, when D is conditional."""
+    if D.project is None:
+        return logits
+    if labels is None:
+        raise ValueError("this discriminator is class-conditional: pass the labels of the samples")
+    return logits + (D.project(labels) * feats).sum(1)
 
 
 def _mlp(d_in: int, d_out: int, hidden: Sequence[int], act, batch_norm: bool) -> nn.Sequential:
@@ -254,20 +317,44 @@ def count_parameters(module: nn.Module) -> int:
 def build_generator(cfg: GlannConfig, shape: Sequence[int]) -> Union[Generator, MLPGenerator]:
     """The generator for samples of `shape`: (C, S, S) images -> Generator, (D,) vectors -> MLPGenerator."""
     m = cfg.model
+    k = num_classes(cfg, "gan")
     if len(shape) == 1:
-        return MLPGenerator(m.nz, shape[0], m.mlp_hidden, m.batch_norm)
-    return Generator(m.nz, shape[-1], shape[0], m.ngf, m.fc_dim, m.batch_norm)
+        return MLPGenerator(m.nz, shape[0], m.mlp_hidden, m.batch_norm, k)
+    return Generator(m.nz, shape[-1], shape[0], m.ngf, m.fc_dim, m.batch_norm, k)
 
 
 def build_mapper(cfg: GlannConfig) -> Mapper:
     """The IMLE mapper: model.noise_dim noise -> model.nz latents."""
-    return Mapper(cfg.model.noise_dim, cfg.model.nz, cfg.model.mapper_hidden, cfg.model.mapper_batch_norm)
+    return Mapper(cfg.model.noise_dim, cfg.model.nz, cfg.model.mapper_hidden, cfg.model.mapper_batch_norm,
+                  num_classes(cfg, "glann"))
 
 
 def build_discriminator(cfg: GlannConfig, shape: Sequence[int]) -> Union[Discriminator, MLPDiscriminator]:
     """The discriminator for samples of `shape`: (C, S, S) images -> DCGAN-style, (D,) vectors -> MLP."""
-    g = cfg.gan
+    g, k = cfg.gan, num_classes(cfg, "gan")
     if len(shape) == 1:
-        return MLPDiscriminator(shape[0], g.d_hidden, g.pack, g.minibatch_std, g.spectral_norm, g.d_batch_norm)
+        return MLPDiscriminator(shape[0], g.d_hidden, g.pack, g.minibatch_std, g.spectral_norm, g.d_batch_norm, k)
     image_size, channels = shape[-1], shape[0]
-    return Discriminator(image_size, channels, g.ndf, g.pack, g.minibatch_std, g.spectral_norm, g.d_batch_norm)
+    return Discriminator(image_size, channels, g.ndf, g.pack, g.minibatch_std, g.spectral_norm, g.d_batch_norm, k)
+
+
+def num_classes(cfg: GlannConfig, method: str) -> int:
+    """Classes the `method`'s conditional network takes (GLANN: the mapper; GAN: generator and
+    discriminator): len(model.class_counts) for a conditional run of that method, else 0."""
+    return len(cfg.model.class_counts) if cfg.method == method else 0
+
+
+def draw_labels(class_counts: Sequence[int], n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """n class labels (int64) drawn in the shares of `class_counts` (the training data's): what a
+    conditional model samples when no class is asked for."""
+    shares = torch.tensor(class_counts, dtype=torch.float64)
+    return torch.multinomial(shares / shares.sum(), n, replacement=True, generator=generator)
+
+
+def grid_classes(class_counts: list[int], n: int, device: torch.device) -> Optional[torch.Tensor]:
+    """A conditional model's grid of about n images: the classes in order, ceil(n / classes) of
+    each (one row each), or None for an unconditional model."""
+    if not class_counts:
+        return None
+    k = len(class_counts)
+    return torch.arange(k, device=device).repeat_interleave(-(-n // k))

@@ -14,11 +14,12 @@ from .config import GlannConfig, load_config, read_run_config
 from .distributed import current as current_dist
 from .distributed import init_from_env
 from .errors import ConfigError
-from .data import load_dataset
+from .data import Dataset, load_dataset
 from .devices import resolve_device
 from .gan import train_gan
 from .glo import train_glo
 from .imle import epoch_seconds_estimate, train_imle
+from .nets import grid_classes
 from .runs import Run
 from .sampler import Sampler
 
@@ -60,6 +61,28 @@ def stage_budgets(cfg: GlannConfig, n: int, device: torch.device, glo_seconds: O
     return cfg
 
 
+def with_class_counts(cfg: GlannConfig, data: Dataset) -> GlannConfig:
+    """cfg with model.class_counts set from the data's labels when the method is class-conditional
+    (imle.conditional for GLANN, gan.conditional for the GAN); cfg itself otherwise. A resumed run
+    must find the classes it was trained on."""
+    key = "imle.conditional" if cfg.method == "glann" else "gan.conditional"
+    if not (cfg.imle.conditional if cfg.method == "glann" else cfg.gan.conditional):
+        return cfg
+    if data.labels is None:
+        raise ConfigError(f"{key}=true needs class labels, and data.source={cfg.data.source} has none; "
+                          f"set {key}=false")
+    counts = torch.bincount(data.labels.cpu()).tolist()
+    if 0 in counts:
+        raise ConfigError(f"{key}=true: class {counts.index(0)} has no training images (of {len(counts)} classes); "
+                          f"raise data.limit or set {key}=false")
+    if cfg.model.class_counts and cfg.model.class_counts != counts:
+        raise ConfigError(f"this run was trained on {len(cfg.model.class_counts)} classes of "
+                          f"{cfg.model.class_counts} images and the data now has {counts}; train it on the same data")
+    cfg = copy.deepcopy(cfg)
+    cfg.model.class_counts = counts
+    return cfg
+
+
 def train(cfg: Union[GlannConfig, str, Path], resume: bool = False, run_dir: Optional[Union[str, Path]] = None,
           overrides: Sequence[str] = ()) -> Path:
     """Train GLO then IMLE (method gan: the GAN baseline), export the sampler and write
@@ -93,19 +116,25 @@ def train(cfg: Union[GlannConfig, str, Path], resume: bool = False, run_dir: Opt
     cfg = run.cfg
     try:
         data = load_dataset(cfg.data, device, seed=cfg.seed)
+        run.set_config(with_class_counts(cfg, data))  # conditional runs: the classes, from the labels
+        cfg = run.cfg
         if cfg.method == "gan":  # the adversarial baseline: same generator, no mapper
             generator, mapper = train_gan(data, stage_budgets(cfg, len(data), device), run).generator, None
         else:
             glo = train_glo(data, stage_budgets(cfg, len(data), device), run)
             # IMLE fitted to the codes of fewer GLO epochs (a resume that lengthened GLO) starts again.
             run.retire_stage("imle", "codes_epoch", glo.epochs_done, default=bool(glo.losses))
+            labels = data.labels[d.shard(len(data), device)] if cfg.model.class_counts else None  # the codes' classes
             imle = train_imle(glo.codes, stage_budgets(cfg, len(data), device, glo_seconds=glo.seconds), run,
-                              generator=glo.generator, codes_epoch=glo.epochs_done)
+                              generator=glo.generator, codes_epoch=glo.epochs_done, labels=labels)
             generator, mapper = glo.generator, imle.mapper
         if run.is_main:
             sampler = Sampler(generator, mapper, cfg, device)
             sampler.save_pretrained(run.path)
-            sampler.save_grid(sampler.sample(cfg.grid_size, seed=cfg.seed), run.path / "samples.png")
+            rows = grid_classes(cfg.model.class_counts, cfg.grid_size, device)  # conditional: a row per class
+            images = sampler.sample(cfg.grid_size if rows is None else len(rows), seed=cfg.seed, labels=rows)
+            sampler.save_grid(images, run.path / "samples.png",
+                              nrow=None if rows is None else len(rows) // sampler.num_classes)
         d.barrier()
     finally:
         run.close()

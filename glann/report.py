@@ -33,7 +33,8 @@ from .sampler import Sampler
 METRICS_FILE = "report_metrics.json"
 # (key, column title, better): the columns of the table, in order, when a run has them.
 COLUMNS = metric_columns(("fd", "kd_mean", "precision", "recall", "density", "coverage", "classes_covered",
-                          "modes_covered", "high_quality_share", "mode_kl", "pixel_fd", "point_fd", "diversity",
+                          "modes_covered", "high_quality_share", "mode_kl", "domain_score", "class_accuracy",
+                          "class_fd_mean", "pixel_fd", "point_fd", "diversity",
                           "train_seconds", "g_steps", "flags"))
 MetricsFn = Callable[[Path], dict]
 
@@ -129,7 +130,7 @@ def summarise_run(run_dir: Path, metrics_fn: MetricsFn) -> dict[str, Any]:
     values["flags"] = ", ".join(flags) if cfg.method == "gan" else ""
     return {"dir": run_dir, "method": method, "kind": cfg.method, "seed": cfg.seed, "metrics": values,
             "records": records, "samples": run_dir / "samples.png", "data": _data_label(cfg),
-            "source": cfg.data.source}
+            "source": cfg.data.source, "conditional": bool(cfg.model.class_counts)}
 
 
 def _checkpoint_seconds(run_dir: Path) -> Optional[float]:
@@ -362,7 +363,8 @@ def write_report(run_dirs: Sequence[Union[str, Path]], out_dir: Union[str, Path]
                      ("list", [f"{m} s{s}: {f}" for m, s, f in flags])]
     sections += [("h2", "Plots"), *[("p", n) for n in notes], *[("figure", (n, p)) for n, p in plots.items()],
                  ("h2", "Samples (seed of each run's sampler: its config seed)"),
-                 ("samples", [(f"{r['method']} s{r['seed']}", r["samples"]) for r in runs])]
+                 ("samples", [(f"{r['method']} s{r['seed']}" + (" (a row per class)" if r["conditional"] else ""),
+                               r["samples"]) for r in runs])]
     md = _markdown(sections, out_dir)
     atomic_write(out_dir / "report.md", lambda tmp: Path(tmp).write_text(md))
     page = HTML_PAGE.format(title=html.escape(title), body=_html(sections))
@@ -465,8 +467,8 @@ HTML_PAGE = """<!doctype html>
 <style>
 body {{ font-family: system-ui, sans-serif; max-width: 1400px; margin: 1.5em auto; padding: 0 1em; color: #222; }}
 /* Tables wrap to the window rather than scroll sideways: headers at word breaks, "± std" under its mean. */
-table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.75em; width: 100%; }}
-th, td {{ border: 1px solid #ccc; padding: 0.25em 0.3em; text-align: right; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.72em; width: 100%; }}
+th, td {{ border: 1px solid #ccc; padding: 0.2em 0.25em; text-align: right; }}
 th {{ font-weight: 600; vertical-align: bottom; }}
 th .better {{ font-weight: normal; color: #666; }}
 td .std {{ white-space: nowrap; }}

@@ -86,6 +86,15 @@ class Run:
         """Only rank 0 writes logs, grids, checkpoints and exports."""
         return current_dist().is_main
 
+    def set_config(self, cfg: GlannConfig) -> None:
+        """Replace the run's config with one training derived from the data (model.class_counts),
+        and record it in config.yaml (rank 0) when it changed."""
+        if cfg == self.cfg:
+            return
+        self.cfg = cfg
+        if self.is_main:
+            atomic_write(self.path / "config.yaml", lambda tmp: Path(tmp).write_text(to_yaml(cfg)))
+
     def _acquire_lock(self) -> None:
         """An flock on runs/<name>/.lock: a second trainer on the same directory refuses to start.
 

@@ -15,7 +15,8 @@ from .devices import check_memory, resolve_device, to_device_async
 from .errors import CheckpointError, DataError
 from .images import save_grid, to_model, to_unit
 from .losses import make_loss
-from .nets import Generator, Mapper, build_generator, build_mapper, sphere
+from .data import class_names
+from .nets import Generator, Mapper, build_generator, build_mapper, draw_labels, sphere
 
 
 class Sampler:
@@ -85,15 +86,70 @@ class Sampler:
         atomic_write(path / "config.yaml", lambda tmp: Path(tmp).write_text(to_yaml(self.cfg)))
         return model_file
 
+    # ------------------------------------------------------------------ classes
+    @property
+    def num_classes(self) -> int:
+        """Classes a conditional run generates on request (imle.conditional / gan.conditional); 0: unconditional."""
+        return len(self.cfg.model.class_counts)
+
+    @property
+    def class_names(self) -> Optional[tuple[str, ...]]:
+        """The dataset's class names in label order, where glann knows them (else None)."""
+        return class_names(self.cfg.data.source, self.num_classes) if self.num_classes else None
+
+    def class_index(self, name: Union[int, str]) -> int:
+        """A class given by index (3, "3") or by the dataset's class name ("Trouser", any case) -> its index."""
+        if not self.num_classes:
+            raise DataError("this run is unconditional (trained without imle.conditional / gan.conditional); "
+                            "sample it without a class, or train it with imle.conditional=true")
+        text = str(name).strip()
+        if text.lstrip("-").isdigit():
+            index = int(text)
+        else:
+            lowered = [c.lower() for c in self.class_names or ()]
+            if text.lower() not in lowered:
+                known = ", ".join(self.class_names) if self.class_names else f"0 .. {self.num_classes - 1}"
+                raise DataError(f"unknown class '{text}'; this run's classes are {known}")
+            index = lowered.index(text.lower())
+        if not 0 <= index < self.num_classes:
+            raise DataError(f"class {index} is out of range; this run has classes 0 .. {self.num_classes - 1}")
+        return index
+
+    def _labels(self, n: int, labels, g: Optional[torch.Generator]) -> Optional[torch.Tensor]:
+        """The classes of n samples: `labels` (one int for all, or n of them) checked, or, for a
+        conditional run asked for none, drawn in the training data's class shares."""
+        counts = self.cfg.model.class_counts
+        if labels is None:
+            return draw_labels(counts, n, g).to(self.device) if counts else None
+        if not counts:
+            raise DataError("this run is unconditional (trained without imle.conditional / gan.conditional); "
+                            "sample it without labels, or train it with imle.conditional=true")
+        y = torch.as_tensor(labels)
+        if y.is_floating_point() or y.dtype == torch.bool or y.ndim > 1:
+            raise DataError(f"labels must be whole class numbers (one, or one per sample), got {y.dtype} of shape {tuple(y.shape)}")
+        y = y.long().expand(n) if y.ndim == 0 else y.long()
+        if len(y) != n:
+            raise DataError(f"{len(y)} labels for {n} samples; give one label, or one per sample")
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(counts)):
+            raise DataError(f"labels must lie in 0 .. {len(counts) - 1} (this run's classes), "
+                            f"got {int(y.min())} .. {int(y.max())}")
+        return y.to(self.device)
+
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
-    def latents(self, n: int, seed: Optional[int] = None) -> torch.Tensor:
-        """n mapped latents T(e) (GAN runs: e itself), projected to the unit sphere: float n x nz."""
+    def latents(self, n: int, seed: Optional[int] = None, labels=None) -> torch.Tensor:
+        """n mapped latents T(e) (GAN runs: e itself), projected to the unit sphere: float n x nz.
+        labels (conditional runs): see `sample`."""
         g = torch.Generator().manual_seed(seed) if seed is not None else None
         if self.mapper is None:
-            return sphere(to_device_async(torch.randn(n, self.generator.nz, generator=g), self.device))
+            z = to_device_async(torch.randn(n, self.generator.nz, generator=g), self.device)
+            y = self._labels(n, labels, g)
+            return sphere(z if y is None else self.generator.class_embed(z, y))
         e = to_device_async(torch.randn(n, self.mapper.noise_dim, generator=g), self.device)
-        return sphere(torch.cat([self.mapper(c) for c in e.split(4096)]))
+        y = self._labels(n, labels, g)
+        if y is None:
+            return sphere(torch.cat([self.mapper(c) for c in e.split(4096)]))
+        return sphere(torch.cat([self.mapper(c, yc) for c, yc in zip(e.split(4096), y.split(4096))]))
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
@@ -105,12 +161,17 @@ class Sampler:
         z = z.float().to(self.device)
         return torch.cat([to_unit(self.generator(c)) for c in z.split(batch_size)])
 
-    def sample(self, n: int, seed: Optional[int] = None, batch_size: int = 1024) -> torch.Tensor:
-        """n images, float n x C x H x W in [0, 1] (vector runs: float n x D points); the same seed gives the same."""
+    def sample(self, n: int, seed: Optional[int] = None, batch_size: int = 1024, labels=None) -> torch.Tensor:
+        """n images, float n x C x H x W in [0, 1] (vector runs: float n x D points); the same seed gives the same.
+
+        labels (class-conditional runs only): the class of every sample, one int for all or n of
+        them (a list, array or int64 tensor; `class_index` turns a class name into one). A
+        conditional run given none draws classes in the training data's shares.
+        """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a whole number >= 1, got {n!r}")
         check_memory(n * math.prod(self.generator.out_shape) * 4, self.device, f"{n} samples")
-        return self.decode(self.latents(n, seed), batch_size)
+        return self.decode(self.latents(n, seed, labels), batch_size)
 
     def interpolate(self, a: torch.Tensor, b: torch.Tensor, steps: int = 8) -> torch.Tensor:
         """Spherical interpolation between latents a and b (nz each): images steps x C x H x W in [0, 1]."""

@@ -75,6 +75,42 @@ def test_imle_assignment_across_ranks_equals_the_single_process_one(tmp_path):
     assert torch.equal(got["match"], ref)
 
 
+def _assign_conditional(rank, out_dir):
+    from glann.config import load_config
+    from glann.distributed import current
+    from glann.imle import draw_pool, match_codes, pool_labels
+    from glann.nets import build_mapper
+
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["imle.conditional=true", "model.class_counts=[40,35,26]"])
+    d = current()
+    g = torch.Generator().manual_seed(5)
+    codes = torch.nn.functional.normalize(torch.randn(101, cfg.model.nz, generator=g), dim=1)
+    labels = torch.repeat_interleave(torch.arange(3), torch.tensor([40, 35, 26]))[torch.randperm(101, generator=g)]
+    torch.manual_seed(0)
+    T = build_mapper(cfg)
+    pool = pool_labels(cfg.model.class_counts, 2.0, d.world)
+    noise, samples = draw_pool(T, len(pool), cfg.model.noise_dim, torch.Generator().manual_seed(rank),
+                               torch.device("cpu"), labels=pool)
+    mine = d.shard(101)
+    _, match, _ = match_codes(codes[mine], samples, cfg.imle, 101, labels[mine], pool)
+    full = d.gather_rows(match, 101)
+    if d.is_main:
+        torch.save({"samples": samples, "match": full, "codes": codes, "labels": labels, "pool": pool},
+                   os.path.join(out_dir, "assign.pt"))
+
+
+def test_conditional_imle_assignment_across_ranks_equals_the_single_process_one(tmp_path):
+    """Each rank maps its part of the class-ordered pool and searches its own codes within their classes."""
+    from glann.knn import nearest_within
+
+    _spawn(_assign_conditional, str(tmp_path))
+    got = torch.load(tmp_path / "assign.pt", weights_only=True)
+    assert len(got["pool"]) == len(got["samples"]) and len(got["pool"]) % 2 == 0
+    assert torch.equal(got["pool"][got["match"]], got["labels"])
+    ref = nearest_within(got["codes"], got["labels"], got["samples"], got["pool"])[1][:, 0]
+    assert torch.equal(got["match"], ref)
+
+
 def _train(rank, out_dir, resume):
     from glann import load_config, train
 

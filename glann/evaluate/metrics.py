@@ -14,6 +14,7 @@ from typing import Union
 import torch
 import torch.nn as nn
 from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from ..errors import DataError
@@ -161,6 +162,21 @@ def diversity(images: torch.Tensor) -> float:
 # Every metric glann shows, key -> (label, which way is better: lower | higher | closer to data | -).
 # `glann evaluate` (format_table), the latent-baseline table and the comparison report all take
 # their labels from here, each showing the keys it lists, in its order.
+def domain_score(probs: torch.Tensor, splits: int = 10, seed: int = 0) -> tuple[float, float]:
+    """The Inception Score's formula, exp E[KL(p(y|x) || p(y))] over `splits` splits (mean, std), on
+    the domain classifier's class probabilities (float N x K) instead of Inception's: torchmetrics'
+    InceptionScore fed with log-probabilities as logits. High when each sample is confidently one
+    class and the classes are spread; at most K. Not comparable with a published IS."""
+    with warnings.catch_warnings():  # its note that it buffers every feature: N x K here, small
+        warnings.simplefilter("ignore", UserWarning)
+        metric = InceptionScore(feature=nn.Identity(), splits=splits)
+    metric.update(probs.double().clamp_min(1e-12).log())
+    with torch.random.fork_rng(devices=[]):  # compute() shuffles with the global RNG
+        torch.manual_seed(seed)
+        mean, std = metric.compute()
+    return float(mean), float(std)
+
+
 METRICS: dict[str, tuple[str, str]] = {
     "fd": ("FD", "lower"), "kd_mean": ("KD", "lower"), "precision": ("precision", "higher"),
     "recall": ("recall", "higher"), "density": ("density", "higher"), "coverage": ("coverage", "higher"),
@@ -172,6 +188,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "classifier_accuracy": ("classifier test acc", "-"), "pixel_fd": ("pixel FD", "lower"),
     "point_fd": ("point FD", "lower"), "diversity": ("diversity", "closer to data"), "train_seconds": ("train s", "-"),
     "g_steps": ("G updates", "-"), "flags": ("GAN flags", "-"),
+    "domain_score": ("domain score", "higher"), "class_accuracy": ("class accuracy", "higher"),
+    "class_fd_mean": ("FD within classes (mean)", "lower"),
 }
 
 

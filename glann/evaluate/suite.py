@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
+from tqdm.auto import tqdm
 
 from ..checkpoints import atomic_write, checkpoint_file, load_checkpoint
 from ..config import HELD_OUT_SOURCES, MIXTURES, DataConfig
@@ -22,7 +23,7 @@ from ..sampler import Sampler
 from .classifier import DomainClassifier, TrainedClassifier, domain_classifier
 from .latent import baseline_images
 from .features import FEATURE_NETS, DomainFeatures, InceptionFeatures, as_uint8, extract_features
-from .metrics import frechet_distance, kernel_distance, memorisation, metric_columns, prdc
+from .metrics import domain_score, frechet_distance, kernel_distance, memorisation, metric_columns, prdc
 from .metrics import kid_subset_size as _kid_size  # evaluate() has a parameter of that name
 from .modes import class_histogram, mixture_modes, mode_stats, stacked_modes
 
@@ -115,10 +116,15 @@ def evaluate(generated: Union[Sampler, torch.Tensor], reference: Union[Dataset, 
         if trained is not None:
             model = trained.model.to(device)
             ref_share = class_histogram(ref_labels, model.num_classes) if ref_labels is not None else None
-            out.update(mode_stats(model.predict_proba(images), ref_share))
+            probs = model.predict_proba(images)
+            out.update(mode_stats(probs, ref_share))
+            out["domain_score"], out["domain_score_std"] = domain_score(probs, seed=seed)
         return out
 
     metrics = score(gen, fake_f)
+    if sampler is not None and sampler.num_classes and trained is not None and ref_labels is not None:
+        metrics.update(conditional_scores(sampler, trained.model.to(device), net, real_f, ref_labels, num_samples,
+                                          seed, batch_size, device))
     if trained is not None and trained.test_accuracy is not None:
         metrics["classifier_accuracy"] = trained.test_accuracy
     scored_baselines = {}
@@ -150,6 +156,27 @@ def evaluate(generated: Union[Sampler, torch.Tensor], reference: Union[Dataset, 
     if baselines:
         result["baselines"] = scored_baselines
     return result
+
+
+def conditional_scores(sampler: Sampler, classifier: DomainClassifier, net: torch.nn.Module, real_f: torch.Tensor,
+                       ref_labels: torch.Tensor, num_samples: int, seed: int, batch_size: int,
+                       device: torch.device) -> dict[str, Any]:
+    """A class-conditional run asked for each class in turn (num_samples / classes samples each):
+    class accuracy, the share the domain classifier puts in the class asked for, and the FD within
+    each class against the reference images of that class (same features as the run's FD)."""
+    k = sampler.num_classes
+    per = max(2, num_samples // k)
+    right, fds = [], []
+    for c in tqdm(range(k), desc="per-class samples", unit="class", leave=False, disable=None):
+        images = as_uint8(sampler.sample(per, seed=seed + 1 + c, labels=c).cpu())
+        right.append(float((classifier.predict_proba(images).argmax(1) == c).double().mean()))
+        real_c = real_f[ref_labels.cpu() == c]
+        fds.append(frechet_distance(real_c, extract_features(net, images, batch_size, device, desc=None))
+                   if len(real_c) >= 2 else math.nan)
+    finite = [f for f in fds if math.isfinite(f)]
+    return {"class_accuracy": sum(right) / k, "class_fd_mean": sum(finite) / len(finite) if finite else math.nan,
+            "class_accuracy_per_class": [round(a, 4) for a in right], "class_fd_per_class": [round(f, 3) for f in fds],
+            "samples_per_class": per}
 
 
 def reconstruction(sampler: Sampler, images: torch.Tensor, steps: int = 200, seed: int = 0) -> dict[str, float]:
@@ -337,7 +364,7 @@ def write_eval(path: Union[str, Path], result: dict[str, Any]) -> Path:
 
 # The rows of `glann evaluate`'s table, in order, when the result has them (labels: metrics.METRICS).
 EVAL_ROWS = ("fd", "kd_mean", "precision", "recall", "density", "coverage", "classes_covered", "mode_kl",
-             "confident_share", "memorisation_ratio", "nn_train_distance_generated", "nn_train_distance_test",
+             "confident_share", "domain_score", "class_accuracy", "class_fd_mean", "memorisation_ratio", "nn_train_distance_generated", "nn_train_distance_test",
              "recon_l1", "recon_psnr", "classifier_accuracy", "modes_covered", "high_quality_share")
 BASELINE_COLUMNS = ("fd", "precision", "recall", "classes_covered", "mode_kl")
 

@@ -12,7 +12,7 @@ from ..config import GlannConfig
 from ..data import load_dataset
 from ..errors import ConfigError
 from ..images import to_unit
-from ..nets import Generator, Mapper, sphere
+from ..nets import Generator, Mapper, draw_labels, sphere
 from .classifier import domain_classifier
 from .features import DomainFeatures, extract_features
 from .metrics import frechet_distance
@@ -39,6 +39,9 @@ class DomainFDCheck:
         self.real = extract_features(self.features, train.images[idx].cpu(), device=device)
         dim = cfg.model.nz if cfg.method == "gan" else cfg.model.noise_dim
         self.noise = torch.randn(n, dim, generator=g).to(device)
+        counts = cfg.model.class_counts  # a conditional model: classes in the data's shares
+        self.labels = draw_labels(counts, n, g).to(device) if counts else torch.zeros(n, dtype=torch.long, device=device)
+        self.conditional = bool(counts)
         self.device = device
 
     @torch.no_grad()
@@ -48,8 +51,9 @@ class DomainFDCheck:
         for m in nets:
             m.eval()
         try:
-            fake = torch.cat([to_unit(generator(e if mapper is None else sphere(mapper(e))))
-                              for e in self.noise.split(1024)])
+            y = [c if self.conditional else None for c in self.labels.split(1024)]
+            fake = torch.cat([to_unit(generator(e, y[i]) if mapper is None else generator(sphere(mapper(e, y[i]))))
+                              for i, e in enumerate(self.noise.split(1024))])
         finally:
             for m, mode in zip(nets, modes):
                 m.train(mode)
