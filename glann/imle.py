@@ -69,7 +69,13 @@ def draw_pool(mapper: Mapper, m: int, noise_dim: int, rng: torch.Generator,
     mine = None if labels is None else labels.view(d.world, -1)[d.rank].to(device)
     rows = -(-m // d.world) if mine is None else len(mine)
     noise = to_device_async(torch.randn(rows, noise_dim, generator=rng), device)
-    samples = map_noise(mapper, noise, mine)
+    if mine is None:
+        samples = map_noise(mapper, noise)
+    else:  # mapped in a random order: in train mode each chunk's batch-norm statistics must span the
+        # classes, not the one or two classes a chunk of the class-ordered pool holds
+        order = to_device_async(torch.randperm(rows, generator=rng), device)
+        samples = torch.empty(rows, mapper.nz, device=device)
+        samples[order] = map_noise(mapper, noise[order], mine[order])
     if on_sphere:
         samples = sphere(samples)
     return d.all_gather_cat(noise), d.all_gather_cat(samples)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -17,6 +17,9 @@ from .images import save_grid, to_model, to_unit
 from .losses import make_loss
 from .data import class_names
 from .nets import Generator, Mapper, build_generator, build_mapper, draw_labels, sphere
+
+
+Labels = Union[int, Sequence[int], torch.Tensor, None]  # one class for every sample, or one per sample
 
 
 class Sampler:
@@ -115,7 +118,7 @@ class Sampler:
             raise DataError(f"class {index} is out of range; this run has classes 0 .. {self.num_classes - 1}")
         return index
 
-    def _labels(self, n: int, labels, g: Optional[torch.Generator]) -> Optional[torch.Tensor]:
+    def _labels(self, n: int, labels: Labels, g: Optional[torch.Generator]) -> Optional[torch.Tensor]:
         """The classes of n samples: `labels` (one int for all, or n of them) checked, or, for a
         conditional run asked for none, drawn in the training data's class shares."""
         counts = self.cfg.model.class_counts
@@ -137,7 +140,7 @@ class Sampler:
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
-    def latents(self, n: int, seed: Optional[int] = None, labels=None) -> torch.Tensor:
+    def latents(self, n: int, seed: Optional[int] = None, labels: Labels = None) -> torch.Tensor:
         """n mapped latents T(e) (GAN runs: e itself), projected to the unit sphere: float n x nz.
         labels (conditional runs): see `sample`."""
         g = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -161,7 +164,7 @@ class Sampler:
         z = z.float().to(self.device)
         return torch.cat([to_unit(self.generator(c)) for c in z.split(batch_size)])
 
-    def sample(self, n: int, seed: Optional[int] = None, batch_size: int = 1024, labels=None) -> torch.Tensor:
+    def sample(self, n: int, seed: Optional[int] = None, batch_size: int = 1024, labels: Labels = None) -> torch.Tensor:
         """n images, float n x C x H x W in [0, 1] (vector runs: float n x D points); the same seed gives the same.
 
         labels (class-conditional runs only): the class of every sample, one int for all or n of

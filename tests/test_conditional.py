@@ -78,6 +78,28 @@ def test_conditional_matching_never_crosses_classes(tiny, rs):
             assert torch.equal(match[labels == c], rows[nearest(codes[labels == c], samples[rows])[1][:, 0]])
 
 
+def test_the_pool_keeps_its_classes_apart_when_drawn_in_chunks(tiny, monkeypatch):
+    """In train mode the mapper's batch norm takes each chunk's statistics; a chunk of one class
+    would normalise its class embedding away. The pool is class-ordered, so it is mapped shuffled."""
+    import glann.imle as imle
+    from glann.nets import build_mapper
+
+    cfg = tiny("imle.conditional=true", "model.class_counts=[64,64,64,64]")
+    torch.manual_seed(0)
+    T = build_mapper(cfg).train()
+    pool = pool_labels(cfg.model.class_counts, 1.0)
+
+    def class_spread() -> float:
+        _, samples = imle.draw_pool(T, len(pool), cfg.model.noise_dim, torch.Generator().manual_seed(3),
+                                    torch.device("cpu"), labels=pool)
+        means = torch.stack([samples[pool == c].mean(0) for c in range(4)])
+        return float((means - means.mean(0)).norm(dim=1).mean())
+
+    whole = class_spread()  # one chunk: statistics over every class
+    monkeypatch.setattr(imle, "SAMPLE_BATCH", 64)  # four chunks, as many as classes
+    assert class_spread() > 0.5 * whole
+
+
 def test_conditional_imle_needs_a_label_per_code(tiny):
     cfg = tiny("imle.conditional=true", "model.class_counts=[100,100]")
     with pytest.raises(ValueError, match="one label per code"):
