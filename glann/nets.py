@@ -64,18 +64,21 @@ class Generator(nn.Module):
 
 
 class ClassShift(nn.Module):
-    """A class embedding added to the noise (z + E[y]) before the generator's sphere projection:
-    the conditional GAN's generator input. As the first layer is linear, this is the usual
-    concatenation of a one-hot label with the noise, learnt per class."""
+    """The conditional GAN's generator input: the noise plus a learnt class direction of fixed
+    length sqrt(dim), z + sqrt(dim) E[y] / ||E[y]||, before the generator's sphere projection.
+
+    The length is fixed because only the direction of the sum reaches the generator: an embedding
+    free to grow drowns the noise (z's length is about sqrt(dim) too), and the first 600 s run with
+    a free one drew one image per class."""
 
     def __init__(self, num_classes: int, dim: int):
         super().__init__()
-        self.num_classes = num_classes
+        self.num_classes, self.scale = num_classes, math.sqrt(dim)
         self.embed = nn.Embedding(num_classes, dim)
         nn.init.normal_(self.embed.weight, std=1.0)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return z + self.embed(labels)
+        return z + self.scale * sphere(self.embed(labels))
 
 
 def _shift(module: nn.Module, z: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:

@@ -241,3 +241,38 @@ def test_gan_trains_with_virtual_batch_norm(tmp_path):
     assert torch.isfinite(s.sample(64, seed=0)).all()
     with pytest.raises(ConfigError, match="virtual_batch_norm=true .* set model.batch_norm=true"):
         ring(tmp_path, "method=gan", "gan.virtual_batch_norm=true", "model.batch_norm=false")
+
+
+# ---------------------------------------------------------------- evaluation of a conditional run
+
+class _ShapesSampler(Sampler):
+    """A stand-in conditional generator on the four shape classes: asked for class c it returns
+    real test images of class c + `shift` (mod 4), so the scores' expected values are known."""
+
+    def __init__(self, images, labels, cfg, shift):
+        self.images, self.labels, self.cfg, self.shift, self.device = images, labels, cfg, shift, torch.device("cpu")
+
+    def sample(self, n, seed=None, batch_size=1024, labels=None):
+        g = torch.Generator().manual_seed(seed or 0)
+        pool = torch.arange(len(self.images)) if labels is None else (self.labels == (int(labels) + self.shift) % 4).nonzero()[:, 0]
+        return self.images[pool[torch.randint(len(pool), (n,), generator=g)]].float() / 255
+
+
+def test_class_accuracy_and_per_class_fd_of_a_conditional_run(tiny, monkeypatch, tmp_path):
+    from glann.data import Dataset, make_shapes
+    from glann.evaluate import evaluate, train_classifier
+
+    monkeypatch.setenv("GLANN_CACHE", str(tmp_path / "cache"))
+    tr, ytr = make_shapes(768, 28, seed=0)
+    te, yte = make_shapes(512, 28, seed=1)
+    clf = train_classifier(tr, ytr, epochs=2, batch_size=32, lr=3e-3, progress=False)
+    cfg = tiny("imle.conditional=true", "model.class_counts=[192,192,192,192]")
+    test = Dataset(te, yte, "shapes")
+    right = evaluate(_ShapesSampler(te, yte, cfg, 0), test, "domain", classifier=clf, num_samples=400,
+                     kid_subsets=5)["metrics"]
+    wrong = evaluate(_ShapesSampler(te, yte, cfg, 1), test, "domain", classifier=clf, num_samples=400,
+                     kid_subsets=5)["metrics"]
+    assert right["class_accuracy"] > 0.8 and wrong["class_accuracy"] < 0.2
+    assert len(right["class_fd_per_class"]) == 4 and right["samples_per_class"] == 100
+    assert right["class_fd_mean"] < 0.5 * wrong["class_fd_mean"]
+    assert right["fd"] == pytest.approx(wrong["fd"], rel=0.5)  # the unconditional draw is the same data
