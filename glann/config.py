@@ -390,6 +390,11 @@ def load_config(path: Union[str, Path, None] = None, overrides: Sequence[str] = 
     return cfg
 
 
+def is_conditional(cfg: GlannConfig) -> bool:
+    """Whether the run's method is class-conditional: imle.conditional (GLANN), gan.conditional (GAN)."""
+    return cfg.imle.conditional if cfg.method == "glann" else cfg.gan.conditional
+
+
 def validate(cfg: GlannConfig) -> None:
     """Range checks OmegaConf's type checks cannot express: each section's own (its `checks`), then
     the rules that tie sections together. Raises ConfigError with the first that fails."""
@@ -409,10 +414,13 @@ def validate(cfg: GlannConfig) -> None:
         (cfg.glo.batch_size > 0 and cfg.imle.batch_size > 0, "glo.batch_size and imle.batch_size must be positive"),
         (cfg.imle.refresh_every >= 1 and cfg.checkpoint_every >= 1 and cfg.sample_every >= 1,
          "imle.refresh_every, checkpoint_every and sample_every must be >= 1"),
-        (not cfg.model.class_counts or (min(cfg.model.class_counts) > 0 and (
-            cfg.imle.conditional if cfg.method == "glann" else cfg.gan.conditional)),
+        (not cfg.model.class_counts or (min(cfg.model.class_counts) > 0 and is_conditional(cfg)),
          "model.class_counts is set by training from the data's labels for a class-conditional run "
          "(imle.conditional / gan.conditional); leave it empty"),
+        (not (cfg.method == "glann" and cfg.gan.conditional) and not (cfg.method == "gan" and cfg.imle.conditional),
+         f"{'gan' if cfg.method == 'glann' else 'imle'}.conditional does nothing for method={cfg.method}: a "
+         f"class-conditional {'GLANN' if cfg.method == 'glann' else 'GAN'} is "
+         f"{'imle' if cfg.method == 'glann' else 'gan'}.conditional=true"),
         (not cfg.gan.virtual_batch_norm or cfg.model.batch_norm,
          "gan.virtual_batch_norm=true normalises the generator's batch-norm layers: set model.batch_norm=true"),
         (not (cfg.data.stack == 3 and (cfg.imle.conditional or cfg.gan.conditional)),

@@ -22,7 +22,7 @@ from .devices import to_device_async
 from .images import save_grid, to_model, to_unit
 from .evaluate.metrics import diversity
 from .evaluate.training import DomainFDCheck
-from .nets import Discriminator, Generator, build_discriminator, build_generator, draw_labels, grid_classes
+from .nets import Discriminator, Generator, build_discriminator, build_generator, draw_labels, grid_classes, grid_row
 from .loop import CHECK_EVERY, Budget, check_finite, end_of_epoch, epoch_loop, keep_configured_lr
 from .runs import Run
 
@@ -185,7 +185,7 @@ def train_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GAN
                      save=lambda: run.save_stage("gan", epoch, s.state, s.rng, extra=s.budget.state()),
                      grids=lambda: save_grid(to_unit(samples[:cfg.grid_size] if grid_labels is None else samples),
                                              run.sample_path(f"gan_samples_epoch{epoch:04d}"),
-                                             nrow=None if grid_labels is None else len(grid_labels) // len(cfg.model.class_counts)))
+                                             nrow=grid_row(grid_labels)))
         if stop:
             break
     s.G.eval()

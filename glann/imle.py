@@ -17,9 +17,9 @@ from .config import GlannConfig
 from .devices import to_device_async
 from .images import save_grid, to_unit
 from .knn import nearest, nearest_within
-from .nets import Generator, Mapper, build_mapper, draw_labels, grid_classes, sphere
+from .nets import Generator, Mapper, build_mapper, draw_labels, grid_classes, grid_row, sphere
 from .distributed import current as current_dist
-from .errors import TrainingError
+from .errors import DataError, TrainingError
 from .evaluate.training import DomainFDCheck
 from .loop import CHECK_EVERY, Budget, Cosine, LossTracker, end_of_epoch, epoch_loop, keep_configured_lr, step_scheduler
 from .runs import Run
@@ -53,7 +53,8 @@ def pool_labels(class_counts: list[int], samples_per_point: float, world: int = 
     Returns the pool's labels in order (int64, on the CPU); every rank computes the same."""
     counts = torch.tensor([math.ceil(samples_per_point * n) for n in class_counts])
     pad = -int(counts.sum()) % world
-    counts[torch.argsort(torch.tensor(class_counts), descending=True, stable=True)[:pad]] += 1
+    counts += pad // len(counts)  # more ranks than classes: every class takes some
+    counts[torch.argsort(torch.tensor(class_counts), descending=True, stable=True)[:pad % len(counts)]] += 1
     return torch.repeat_interleave(torch.arange(len(counts)), counts)
 
 
@@ -149,7 +150,9 @@ def epoch_seconds_estimate(n: int, cfg: GlannConfig, device: torch.device) -> fl
     codes = torch.randn(q, nz, generator=g).to(device)
     rng = torch.Generator().manual_seed(1)
     counts, world = cfg.model.class_counts, current_dist().world
-    labels = draw_labels(counts, world * -(-m // world), g) if counts else None  # conditional: the pool's classes
+    # Conditional: a pool of about m laid out by class as training lays it out, every class in it.
+    labels = pool_labels([math.ceil(c * m / sum(counts)) for c in counts], 1.0, world) if counts else None
+    m = m if labels is None else len(labels)
     sync()
     t0 = time.perf_counter()
     _, samples = draw_pool(T, m, cfg.model.noise_dim, rng, device, ic.sphere, labels)
@@ -253,8 +256,8 @@ def _setup_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run],
     n = int(d.sum(n_local))
     ic, counts = cfg.imle, cfg.model.class_counts
     if counts and (labels is None or labels.shape != (n_local,)):
-        raise ValueError(f"conditional IMLE (model.class_counts set) needs one label per code: "
-                         f"{n_local} codes, labels {None if labels is None else tuple(labels.shape)}")
+        raise DataError(f"conditional IMLE (model.class_counts set) needs one label per code: "
+                        f"{n_local} codes, labels {None if labels is None else tuple(labels.shape)}")
     torch.manual_seed(cfg.seed + 1)
     rng = torch.Generator().manual_seed(cfg.seed + 1 + 7919 * d.rank)
     T = build_mapper(cfg).to(device)
@@ -274,9 +277,12 @@ def _setup_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run],
     cosine = Cosine(ic.schedule, [(opt, ic.lr)], ic.epochs, steps)
     cosine.time_share = budget.fraction(in_epoch=False)
     pool = pool_labels(counts, ic.samples_per_point, d.world).to(device) if counts else None
+    noise, back = extra.get("noise"), extra.get("back")
+    if pool is not None and noise is not None and len(noise) != len(pool):  # another world size pads it otherwise
+        noise = match = back = None  # a new pool at the first refresh: the saved one's classes are not these
     return _IMLEState(T, T_train, codes, opt, sched, state, rng, budget, cosine, start, n,
                       math.ceil(ic.samples_per_point * n) if pool is None else len(pool), batch, steps,
-                      extra.get("noise"), match, extra.get("back"), None if pool is None else labels.to(device), pool)
+                      noise, match, back, None if pool is None else labels.to(device), pool)
 
 
 def _refresh(s: _IMLEState, cfg: GlannConfig, epoch: int, result: IMLEResult) -> dict[str, float]:
@@ -314,12 +320,10 @@ def _imle_epoch(s: _IMLEState, cfg: GlannConfig, epoch: int, run: Optional[Run])
     for step in bar:
         s.cosine.set(epoch, step)
         idx = perm[step * s.batch:(step + 1) * s.batch]
-        j = s.match[idx]
-        out = s.T_train(s.noise[j], None if s.pool_labels is None else s.pool_labels[j])
+        out = _map_pool(s, s.match[idx])
         loss = F.mse_loss(sphere(out) if ic.sphere else out, s.codes[idx])
         if ic.precision_weight > 0:  # pull pool samples towards their nearest codes too
-            j = pool_perm[step * pool_batch:(step + 1) * pool_batch]
-            out_s = s.T_train(s.noise[j], None if s.pool_labels is None else s.pool_labels[j])
+            out_s = _map_pool(s, pool_perm[step * pool_batch:(step + 1) * pool_batch])
             loss = loss + ic.precision_weight * F.mse_loss(sphere(out_s) if ic.sphere else out_s, s.codes[s.back[j]])
         if not tracker.add(loss, step):
             continue
@@ -332,6 +336,11 @@ def _imle_epoch(s: _IMLEState, cfg: GlannConfig, epoch: int, run: Optional[Run])
             if s.cosine.time_share >= 1.0:
                 break  # the budget ends mid-epoch: close this epoch and stop
     return tracker
+
+
+def _map_pool(s: _IMLEState, rows: torch.Tensor) -> torch.Tensor:
+    """The mapper (with grad) on these rows of the pool's noise, with their classes when conditional."""
+    return s.T_train(s.noise[rows], None if s.pool_labels is None else s.pool_labels[rows])
 
 
 def _save_imle(s: _IMLEState, run: Run, epoch: int, codes_epoch: Optional[int]) -> None:
@@ -350,5 +359,4 @@ def _save_imle_grid(T: Mapper, generator: Generator, grid_noise: torch.Tensor, g
                     run: Run, epoch: int) -> None:
     T.eval()
     images = to_unit(generator.eval()(T(grid_noise, grid_labels)))
-    per_class = None if grid_labels is None else len(grid_labels) // (int(grid_labels.max()) + 1)
-    save_grid(images, run.sample_path(f"imle_samples_epoch{epoch:04d}"), nrow=per_class)
+    save_grid(images, run.sample_path(f"imle_samples_epoch{epoch:04d}"), nrow=grid_row(grid_labels))

@@ -297,9 +297,10 @@ def _mlp(d_in: int, d_out: int, hidden: Sequence[int], act, batch_norm: bool) ->
 
 
 def _spectral_norm(module: nn.Module) -> None:
-    """Spectral normalisation on every conv and linear layer (after init: it normalises those weights)."""
+    """Spectral normalisation on every conv and linear layer and on a projection discriminator's
+    class embedding, as Miyato & Koyama do (after init: it normalises those weights)."""
     for m in list(module.modules()):
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)):
             nn.utils.parametrizations.spectral_norm(m)
 
 
@@ -361,3 +362,8 @@ def grid_classes(class_counts: list[int], n: int, device: torch.device) -> Optio
         return None
     k = len(class_counts)
     return torch.arange(k, device=device).repeat_interleave(-(-n // k))
+
+
+def grid_row(grid_labels: Optional[torch.Tensor]) -> Optional[int]:
+    """Images per row of a `grid_classes` grid (one row per class); None (the default) for an unconditional one."""
+    return None if grid_labels is None else len(grid_labels) // (int(grid_labels.max()) + 1)

@@ -10,16 +10,16 @@ from typing import Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
-from .config import GlannConfig, load_config, read_run_config
+from .config import GlannConfig, is_conditional, load_config, read_run_config
 from .distributed import current as current_dist
 from .distributed import init_from_env
 from .errors import ConfigError
-from .data import Dataset, load_dataset
+from .data import CLASS_NAMES, Dataset, load_dataset
 from .devices import resolve_device
 from .gan import train_gan
 from .glo import train_glo
 from .imle import epoch_seconds_estimate, train_imle
-from .nets import grid_classes
+from .nets import grid_classes, grid_row
 from .runs import Run
 from .sampler import Sampler
 
@@ -66,12 +66,13 @@ def with_class_counts(cfg: GlannConfig, data: Dataset) -> GlannConfig:
     (imle.conditional for GLANN, gan.conditional for the GAN); cfg itself otherwise. A resumed run
     must find the classes it was trained on."""
     key = "imle.conditional" if cfg.method == "glann" else "gan.conditional"
-    if not (cfg.imle.conditional if cfg.method == "glann" else cfg.gan.conditional):
+    if not is_conditional(cfg):
         return cfg
     if data.labels is None:
         raise ConfigError(f"{key}=true needs class labels, and data.source={cfg.data.source} has none; "
                           f"set {key}=false")
-    counts = torch.bincount(data.labels.cpu()).tolist()
+    names = CLASS_NAMES.get(cfg.data.source) if cfg.data.stack == 1 else None  # a missing last class shows too
+    counts = torch.bincount(data.labels.cpu(), minlength=len(names or ())).tolist()
     if 0 in counts:
         raise ConfigError(f"{key}=true: class {counts.index(0)} has no training images (of {len(counts)} classes); "
                           f"raise data.limit or set {key}=false")
@@ -133,8 +134,7 @@ def train(cfg: Union[GlannConfig, str, Path], resume: bool = False, run_dir: Opt
             sampler.save_pretrained(run.path)
             rows = grid_classes(cfg.model.class_counts, cfg.grid_size, device)  # conditional: a row per class
             images = sampler.sample(cfg.grid_size if rows is None else len(rows), seed=cfg.seed, labels=rows)
-            sampler.save_grid(images, run.path / "samples.png",
-                              nrow=None if rows is None else len(rows) // sampler.num_classes)
+            sampler.save_grid(images, run.path / "samples.png", nrow=grid_row(rows))
         d.barrier()
     finally:
         run.close()

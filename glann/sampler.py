@@ -103,8 +103,7 @@ class Sampler:
     def class_index(self, name: Union[int, str]) -> int:
         """A class given by index (3, "3") or by the dataset's class name ("Trouser", any case) -> its index."""
         if not self.num_classes:
-            raise DataError("this run is unconditional (trained without imle.conditional / gan.conditional); "
-                            "sample it without a class, or train it with imle.conditional=true")
+            raise self._unconditional("a class")
         text = str(name).strip()
         if text.lstrip("-").isdigit():
             index = int(text)
@@ -118,6 +117,11 @@ class Sampler:
             raise DataError(f"class {index} is out of range; this run has classes 0 .. {self.num_classes - 1}")
         return index
 
+    def _unconditional(self, what: str) -> DataError:
+        key = "gan.conditional" if self.mapper is None else "imle.conditional"
+        return DataError(f"this run is unconditional (trained without {key}); sample it without {what}, "
+                         f"or train it with {key}=true")
+
     def _labels(self, n: int, labels: Labels, g: Optional[torch.Generator]) -> Optional[torch.Tensor]:
         """The classes of n samples: `labels` (one int for all, or n of them) checked, or, for a
         conditional run asked for none, drawn in the training data's class shares."""
@@ -125,9 +129,12 @@ class Sampler:
         if labels is None:
             return draw_labels(counts, n, g).to(self.device) if counts else None
         if not counts:
-            raise DataError("this run is unconditional (trained without imle.conditional / gan.conditional); "
-                            "sample it without labels, or train it with imle.conditional=true")
-        y = torch.as_tensor(labels)
+            raise self._unconditional("labels")
+        try:
+            y = torch.as_tensor(labels)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise DataError(f"labels must be class numbers, got {labels!r}; turn a class name into its number "
+                            f"with Sampler.class_index") from exc
         if y.is_floating_point() or y.dtype == torch.bool or y.ndim > 1:
             raise DataError(f"labels must be whole class numbers (one, or one per sample), got {y.dtype} of shape {tuple(y.shape)}")
         y = y.long().expand(n) if y.ndim == 0 else y.long()

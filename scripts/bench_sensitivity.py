@@ -51,7 +51,9 @@ def variants(extra: list[str]) -> list[tuple[str, str, list[str]]]:
             over += [f"{k}={max(1, round(_value(base, k) * batch_x))}" for k in batches if batch_x != 1.0]
             out.append((method, name, over))
     for spec in extra:
-        name, method, over = spec.split(":", 2)
+        name, method, over = (spec.split(":", 2) + ["", ""])[:3]
+        if method not in METHODS:
+            raise SystemExit(f"--extra {spec}: give NAME:METHOD:key=v;key=v with METHOD one of {', '.join(METHODS)}")
         out.append((method, name, [o for o in over.split(";") if o]))
     return out
 

@@ -44,6 +44,8 @@ def test_pool_labels_give_each_class_its_share_and_split_over_ranks():
     assert torch.equal(labels, labels.sort().values)  # in class order: rank r maps a contiguous part
     padded = pool_labels([10, 3, 7], 1.5, world=4)  # 15 + 5 + 11 = 31 -> 32
     assert len(padded) % 4 == 0 and torch.bincount(padded).tolist() == [16, 5, 11]
+    many_ranks = pool_labels([3, 2], 1.0, world=8)  # more ranks than classes: 5 -> 8
+    assert len(many_ranks) == 8 and torch.bincount(many_ranks).tolist() == [5, 3]
 
 
 @pytest.mark.parametrize("k", [1, 3])
@@ -102,7 +104,7 @@ def test_the_pool_keeps_its_classes_apart_when_drawn_in_chunks(tiny, monkeypatch
 
 def test_conditional_imle_needs_a_label_per_code(tiny):
     cfg = tiny("imle.conditional=true", "model.class_counts=[100,100]")
-    with pytest.raises(ValueError, match="one label per code"):
+    with pytest.raises(DataError, match="one label per code"):
         train_imle(sphere(torch.randn(200, cfg.model.nz)), cfg)
 
 
@@ -129,6 +131,14 @@ def test_conditional_glann_samples_the_asked_classes(tmp_path):
         s.sample(4, labels=[0, 1, 2])
     with pytest.raises(DataError, match="unknown class 'Trouser'; this run's classes are 0 .. 7"):
         s.class_index("Trouser")
+    with pytest.raises(DataError, match="labels must be class numbers"):
+        s.sample(2, labels=["Bag", "Coat"])
+    from glann.cli import main
+    import numpy as np
+
+    assert main(["sample", str(run), "--class", "3", "-n", "200", "--format", "npz", "-o", str(tmp_path / "c3.npz")]) == 0
+    points = torch.from_numpy(np.load(tmp_path / "c3.npz")["points"])
+    assert (_nearest_centre(points) == 3).float().mean() >= 0.9
 
 
 def test_conditional_gan_trains_and_follows_its_labels(tmp_path):
@@ -167,6 +177,32 @@ def test_conditional_training_needs_labels_and_pack_1(tmp_path):
                                                        f"data.path={folder}", "imle.conditional=true"])
     with pytest.raises(ConfigError, match="imle.conditional=true needs class labels.*set imle.conditional=false"):
         train(cfg)
+
+
+def test_class_names_and_numbers_both_name_a_class(tiny):
+    s = object.__new__(Sampler)  # class_index reads the config only
+    s.cfg = tiny("data.source=fashion_mnist", "imle.conditional=true", f"model.class_counts=[{','.join(['6000'] * 10)}]")
+    assert s.class_index("Trouser") == 1 and s.class_index("ankle boot") == 9 and s.class_index("3") == 3
+    with pytest.raises(DataError, match="class 12 is out of range; this run has classes 0 .. 9"):
+        s.class_index(12)
+
+
+def test_a_switch_of_the_other_method_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="gan.conditional does nothing for method=glann.*imle.conditional=true"):
+        ring(tmp_path, "gan.conditional=true")
+    with pytest.raises(ConfigError, match="imle.conditional does nothing for method=gan.*gan.conditional=true"):
+        ring(tmp_path, "method=gan", "imle.conditional=true")
+
+
+def test_a_resumed_conditional_run_must_find_its_classes(tmp_path):
+    from glann.data import Dataset
+    from glann.pipeline import with_class_counts
+
+    cfg = ring(tmp_path, "imle.conditional=true", "model.class_counts=[5,5]")
+    with pytest.raises(ConfigError, match=r"trained on 2 classes of \[5, 5\] images and the data now has \[4, 6\]"):
+        with_class_counts(cfg, Dataset(torch.zeros(10, 2), torch.tensor([0] * 4 + [1] * 6), "ring8"))
+    with pytest.raises(ConfigError, match="class 1 has no training images"):
+        with_class_counts(ring(tmp_path, "imle.conditional=true"), Dataset(torch.zeros(3, 2), torch.tensor([0, 2, 2]), "ring8"))
 
 
 def test_conditional_run_resumes_on_the_same_classes(tmp_path):

@@ -159,9 +159,6 @@ def diversity(images: torch.Tensor) -> float:
     return (d.sum() / max(n * (n - 1), 1)).item() / math.sqrt(x.shape[1])
 
 
-# Every metric glann shows, key -> (label, which way is better: lower | higher | closer to data | -).
-# `glann evaluate` (format_table), the latent-baseline table and the comparison report all take
-# their labels from here, each showing the keys it lists, in its order.
 def domain_score(probs: torch.Tensor, splits: int = 10, seed: int = 0) -> tuple[float, float]:
     """The Inception Score's formula, exp E[KL(p(y|x) || p(y))] over `splits` splits (mean, std), on
     the domain classifier's class probabilities (float N x K) instead of Inception's: torchmetrics'
@@ -177,6 +174,9 @@ def domain_score(probs: torch.Tensor, splits: int = 10, seed: int = 0) -> tuple[
     return float(mean), float(std)
 
 
+# Every metric glann shows, key -> (label, which way is better: lower | higher | closer to data | -).
+# `glann evaluate` (format_table), the latent-baseline table and the comparison report all take
+# their labels from here, each showing the keys it lists, in its order.
 METRICS: dict[str, tuple[str, str]] = {
     "fd": ("FD", "lower"), "kd_mean": ("KD", "lower"), "precision": ("precision", "higher"),
     "recall": ("recall", "higher"), "density": ("density", "higher"), "coverage": ("coverage", "higher"),
