@@ -323,7 +323,8 @@ def _imle_epoch(s: _IMLEState, cfg: GlannConfig, epoch: int, run: Optional[Run])
         out = _map_pool(s, s.match[idx])
         loss = F.mse_loss(sphere(out) if ic.sphere else out, s.codes[idx])
         if ic.precision_weight > 0:  # pull pool samples towards their nearest codes too
-            out_s = _map_pool(s, pool_perm[step * pool_batch:(step + 1) * pool_batch])
+            j = pool_perm[step * pool_batch:(step + 1) * pool_batch]
+            out_s = _map_pool(s, j)
             loss = loss + ic.precision_weight * F.mse_loss(sphere(out_s) if ic.sphere else out_s, s.codes[s.back[j]])
         if not tracker.add(loss, step):
             continue
