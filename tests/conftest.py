@@ -25,3 +25,21 @@ def tiny_config(tmp_path: Path, *overrides: str) -> GlannConfig:
 @pytest.fixture
 def tiny(tmp_path):
     return lambda *o: tiny_config(tmp_path, *o)
+
+
+@pytest.fixture
+def one_thread():
+    """Nets this small gain nothing from a second thread."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(2)
+
+
+def ring_config(tmp_path: Path, *overrides: str, points: int = 512, width: int = 32) -> GlannConfig:
+    """configs/ring8.yaml shrunk to seconds: `points` points, nets `width` wide."""
+    w = f"[{width},{width}]"
+    return load_config(ROOT / "configs" / "ring8.yaml",
+                       [f"out_dir={tmp_path}", f"data.limit={points}", f"model.mlp_hidden={w}", f"gan.d_hidden={w}",
+                        f"model.mapper_hidden={w}", "grid_size=64", "glo.batch_size=64", "imle.batch_size=64",
+                        "gan.batch_size=64", "glo.lr_codes=0.05", *overrides])
+

@@ -13,22 +13,15 @@ from glann.imle import match_codes, pool_labels, train_imle
 from glann.knn import nearest, nearest_within
 from glann.nets import Generator, sphere
 
-from conftest import ROOT
+from conftest import ROOT, ring_config
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)  # nets this small gain nothing from a second thread
-    yield
-    torch.set_num_threads(2)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ring(tmp_path, *overrides):
     """configs/ring8.yaml shrunk to seconds: 1,024 points, narrow nets."""
-    return load_config(ROOT / "configs" / "ring8.yaml",
-                       [f"out_dir={tmp_path}", "data.limit=1024", "model.mlp_hidden=[64,64]", "gan.d_hidden=[64,64]",
-                        "model.mapper_hidden=[64,64]", "grid_size=64", "glo.batch_size=64", "imle.batch_size=64",
-                        "gan.batch_size=64", "glo.lr_codes=0.05", *overrides])
+    return ring_config(tmp_path, *overrides, points=1024, width=64)
 
 
 def _nearest_centre(points: torch.Tensor, source: str = "ring8") -> torch.Tensor:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, ring_config
 from glann import Sampler, train
 from glann.config import load_config
 from glann.data import load_dataset, make_mixture, make_shapes, mixture_spec, stack_channels
@@ -18,19 +18,12 @@ from glann.nets import build_discriminator, build_generator
 from glann.nets import MinibatchStd, MLPDiscriminator, MLPGenerator
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)  # nets this small gain nothing from a second thread
-    yield
-    torch.set_num_threads(2)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ring(tmp_path, *overrides):
     """configs/ring8.yaml shrunk to seconds: 512 points, narrow nets."""
-    return load_config(ROOT / "configs" / "ring8.yaml",
-                       [f"out_dir={tmp_path}", "data.limit=512", "model.mlp_hidden=[32,32]", "gan.d_hidden=[32,32]",
-                        "model.mapper_hidden=[32,32]", "grid_size=64", "glo.batch_size=64", "imle.batch_size=64",
-                        "gan.batch_size=64", "glo.lr_codes=0.05", *overrides])
+    return ring_config(tmp_path, *overrides)
 
 
 # ---------------------------------------------------------------- data
