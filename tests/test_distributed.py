@@ -29,6 +29,7 @@ def _worker(rank, world, port, fn, args):
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         fn(rank, *args)
+        dist.barrier()  # rank 0 may still write after the last collective: no rank tears gloo down under it
     finally:
         dist.destroy_process_group()
 
