@@ -108,6 +108,12 @@ class ModelConfig:
     noise_dim: int = 32  # IMLE noise size (reference: 32)
     mapper_hidden: List[int] = field(default_factory=lambda: [128, 128])
     mapper_batch_norm: bool = True  # batch norm after each hidden mapper layer (reference: yes)
+    # The mapper's input. gaussian: N(0, I) noise of noise_dim values (reference). mixture: a Gaussian
+    # mixture of mapper_prior_components components, fitted to the GLO codes when IMLE starts; the
+    # noise is then nz + 1 values (noise_dim sizes nothing) and the mapper moves the mixture's samples
+    # by a learnt residual that starts at zero.
+    mapper_prior: str = "gaussian"
+    mapper_prior_components: int = 50
     # Vector data (2-D mixtures) only: hidden widths of the MLP generator (PacGAN's: 4 x 400).
     mlp_hidden: List[int] = field(default_factory=lambda: [400, 400, 400, 400])
     # Set by training, not by hand: the training images per class of a class-conditional run
@@ -122,6 +128,10 @@ class ModelConfig:
             *[(v > 0, f"model.{k} must be positive, got {v}") for k, v in (("ngf", self.ngf), ("fc_dim", self.fc_dim))],
             (len(self.mapper_hidden) > 0 and min(self.mapper_hidden) > 0,
              "model.mapper_hidden needs at least one layer, each of positive width"),
+            (self.mapper_prior in ("gaussian", "mixture"),
+             f"model.mapper_prior must be 'gaussian' or 'mixture', got '{self.mapper_prior}'"),
+            (self.mapper_prior_components > 0,
+             f"model.mapper_prior_components must be positive, got {self.mapper_prior_components}"),
         ]
 
 
@@ -423,6 +433,9 @@ def validate(cfg: GlannConfig) -> None:
          f"{'imle' if cfg.method == 'glann' else 'gan'}.conditional=true"),
         (not cfg.gan.virtual_batch_norm or cfg.model.batch_norm,
          "gan.virtual_batch_norm=true normalises the generator's batch-norm layers: set model.batch_norm=true"),
+        (not (cfg.imle.conditional and cfg.model.mapper_prior == "mixture"),
+         "model.mapper_prior=mixture is one mixture for all classes and takes no labels: with "
+         "imle.conditional=true set model.mapper_prior=gaussian"),
         (not (cfg.data.stack == 3 and (cfg.imle.conditional or cfg.gan.conditional)),
          "stacked data (data.stack=3) counts 1,000 modes without labels to condition on: set "
          "imle.conditional=false and gan.conditional=false"),

@@ -72,6 +72,15 @@ class Dist:
             full[rows] = part[: len(rows)]
         return full
 
+    def broadcast_module(self, module: torch.nn.Module) -> None:
+        """Rank 0's buffers and parameters of `module`, copied in place on every rank."""
+        if not self.active:
+            return
+        for t in list(module.buffers()) + list(module.parameters()):
+            y = t.data.to(self._device())
+            dist.broadcast(y, 0)
+            t.data.copy_(y)
+
     def _device(self) -> torch.device:
         return torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
 

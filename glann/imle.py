@@ -58,18 +58,18 @@ def pool_labels(class_counts: list[int], samples_per_point: float, world: int = 
     return torch.repeat_interleave(torch.arange(len(counts)), counts)
 
 
-def draw_pool(mapper: Mapper, m: int, noise_dim: int, rng: torch.Generator,
+def draw_pool(mapper: Mapper, m: int, rng: torch.Generator,
               device: torch.device, on_sphere: bool = False,
               labels: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """m noise vectors and their mapped samples (no grad). Under torchrun each rank draws
-    ceil(m / world) and all ranks all-gather them (m x (noise_dim + nz) floats: small),
+    """m noise vectors (of mapper.noise_dim) and their mapped samples (no grad). Under torchrun each
+    rank draws ceil(m / world) and all ranks all-gather them (m x (noise_dim + nz) floats: small),
     so every rank holds the same pool in rank order. on_sphere: the samples projected to the
     unit sphere, as the generator sees them (imle.sphere). labels (conditional IMLE: the whole
     pool's, `pool_labels`; m is then its length): rank r maps the r-th contiguous part of them."""
     d = current_dist()
     mine = None if labels is None else labels.view(d.world, -1)[d.rank].to(device)
     rows = -(-m // d.world) if mine is None else len(mine)
-    noise = to_device_async(torch.randn(rows, noise_dim, generator=rng), device)
+    noise = to_device_async(torch.randn(rows, mapper.noise_dim, generator=rng), device)
     if mine is None:
         samples = map_noise(mapper, noise)
     else:  # mapped in a random order: in train mode each chunk's batch-norm statistics must span the
@@ -155,7 +155,7 @@ def epoch_seconds_estimate(n: int, cfg: GlannConfig, device: torch.device) -> fl
     m = m if labels is None else len(labels)
     sync()
     t0 = time.perf_counter()
-    _, samples = draw_pool(T, m, cfg.model.noise_dim, rng, device, ic.sphere, labels)
+    _, samples = draw_pool(T, m, rng, device, ic.sphere, labels)
     sync()
     t1 = time.perf_counter()
     code_labels = draw_labels(counts, q, g).to(device) if counts else None
@@ -164,7 +164,7 @@ def epoch_seconds_estimate(n: int, cfg: GlannConfig, device: torch.device) -> fl
     t2 = time.perf_counter()
     opt = torch.optim.Adam(T.parameters(), lr=ic.lr)
     batch, probe = max(2, min(ic.batch_size, n)), 20
-    noise = torch.randn(batch, cfg.model.noise_dim, generator=g).to(device)
+    noise = torch.randn(batch, T.noise_dim, generator=g).to(device)
     y = draw_labels(counts, batch, g).to(device) if counts else None
     target = codes[:batch] if batch <= q else torch.randn(batch, nz, generator=g).to(device)
     for _ in range(probe):
@@ -218,7 +218,7 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
     s, ic, d = _setup_imle(codes, cfg, run, labels), cfg.imle, current_dist()
     result = IMLEResult(s.T)
     grid_labels = grid_classes(cfg.model.class_counts, cfg.grid_size, codes.device)  # conditional: a row per class
-    grid_noise = torch.randn(cfg.grid_size if grid_labels is None else len(grid_labels), cfg.model.noise_dim,
+    grid_noise = torch.randn(cfg.grid_size if grid_labels is None else len(grid_labels), s.T.noise_dim,
                              generator=torch.Generator().manual_seed(cfg.seed + 2)).to(codes.device)
     fd_check = None  # the training-time domain FD (cfg.eval), built on first use
     for epoch, bar in epoch_loop("IMLE", s.start, ic.epochs, s.budget):
@@ -272,6 +272,8 @@ def _setup_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run],
     if match is not None and d.active:
         match = match[d.shard(n, device)]  # checkpoints hold every code's match in global order
     budget = Budget(ic.max_seconds, extra)
+    if not start and T.prior is not None:
+        budget.spent += _fit_prior(T, codes, n, cfg)  # the fit is part of IMLE's time
     batch = max(1, min(ic.batch_size, n) // d.world)  # per rank; the global batch stays imle.batch_size
     steps = (n // d.world) // batch
     cosine = Cosine(ic.schedule, [(opt, ic.lr)], ic.epochs, steps)
@@ -285,13 +287,26 @@ def _setup_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run],
                       noise, match, back, None if pool is None else labels.to(device), pool)
 
 
+def _fit_prior(T: Mapper, codes: torch.Tensor, n: int, cfg: GlannConfig) -> float:
+    """model.mapper_prior=mixture: fit T's mixture to the codes of every rank, once, on rank 0, and
+    give every rank the result. Returns the seconds it took."""
+    d, t0 = current_dist(), time.perf_counter()
+    everything = d.gather_rows(codes, n)
+    if d.is_main:
+        T.prior.fit(sphere(everything) if cfg.imle.sphere else everything, seed=cfg.seed)
+        tqdm.write(f"IMLE: a {T.prior.components}-component mixture fitted to the codes in "
+                   f"{time.perf_counter() - t0:.0f} s (model.mapper_prior=mixture)")
+    d.broadcast_module(T.prior)
+    return time.perf_counter() - t0
+
+
 def _refresh(s: _IMLEState, cfg: GlannConfig, epoch: int, result: IMLEResult) -> dict[str, float]:
     """When due (every imle.refresh_every epochs, or with no pool yet): draw a new pool and match
     every code to it (data -> sample, IMLE Alg. 1). Returns the search's metrics ({} when not due)."""
     ic = cfg.imle
     if not (epoch % ic.refresh_every == 0 or s.match is None or (ic.precision_weight > 0 and s.back is None)):
         return {}
-    s.noise, samples = draw_pool(s.T, s.m, cfg.model.noise_dim, s.rng, s.codes.device, ic.sphere, s.pool_labels)
+    s.noise, samples = draw_pool(s.T, s.m, s.rng, s.codes.device, ic.sphere, s.pool_labels)
     if not bool(torch.isfinite(samples).all()):  # one check per refresh; the search needs finite rows
         raise TrainingError(f"IMLE epoch {epoch}: the mapper's samples are NaN or infinite; lower imle.lr "
                             f"and resume from the last checkpoint")

@@ -88,22 +88,77 @@ def _shift(module: nn.Module, z: torch.Tensor, labels: Optional[torch.Tensor]) -
     return module.class_embed(z, labels)
 
 
+PRIOR_ROWS = 1024  # rows per batched matmul of MixturePrior: 16 MB of gathered factors at nz 64
+
+
+class MixturePrior(nn.Module):
+    """A Gaussian mixture over the latent space, drawn as a fixed map of standard noise.
+
+    Noise of nz + 1 values: the last one, through the normal CDF, picks the component in its
+    weight's share; the first nz, coloured by that component's Cholesky factor, give the point.
+    So mixture samples are still a function of N(0, I) noise, and the seeding, pooling and
+    resuming of plain IMLE carry over. The parameters are buffers, fitted once (`fit`) to the
+    GLO codes and saved with the mapper.
+    """
+
+    def __init__(self, components: int, nz: int):
+        super().__init__()
+        self.components, self.nz = components, nz
+        self.fitted_components = components  # those with weight > 0 after `fit`
+        self.register_buffer("cum_weights", torch.linspace(1.0 / components, 1.0, components))
+        self.register_buffer("means", torch.zeros(components, nz))
+        self.register_buffer("chol", torch.eye(nz).repeat(components, 1, 1))
+
+    @torch.no_grad()
+    def fit(self, codes: torch.Tensor, seed: int = 0, max_codes: int = 20000) -> None:
+        """Fit a full-covariance mixture (scikit-learn EM, k-means start) to at most max_codes
+        random rows of codes (float N x nz); with few codes, fewer components (4 nz codes each)
+        and the rest weight 0, as `glann evaluate`'s mixture baseline does."""
+        from sklearn.mixture import GaussianMixture
+
+        g = torch.Generator().manual_seed(seed)
+        fit = codes.detach().double().cpu()[torch.randperm(len(codes), generator=g)[:max_codes]]
+        k = self.fitted_components = min(self.components, max(1, len(fit) // (4 * self.nz)))
+        gmm = GaussianMixture(k, covariance_type="full", reg_covar=1e-5, max_iter=200, random_state=seed)
+        gmm.fit(fit.numpy())
+        weights = torch.zeros(self.components, dtype=torch.float64)
+        weights[:k] = torch.from_numpy(gmm.weights_)
+        self.cum_weights.copy_(torch.cumsum(weights / weights.sum(), 0))
+        self.cum_weights[-1] = 1.0
+        self.means.zero_()[:k] = torch.from_numpy(gmm.means_).to(self.means)
+        self.chol[:k] = torch.linalg.cholesky(torch.from_numpy(gmm.covariances_)).to(self.chol)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        u = torch.special.ndtr(e[:, -1]).contiguous()
+        comp = torch.searchsorted(self.cum_weights, u).clamp_max(self.components - 1)
+        x = e[:, :self.nz].unsqueeze(2)
+        # Each row's own factor, a batched matmul in slices of PRIOR_ROWS rows (nz x nz floats per row)
+        coloured = [torch.bmm(self.chol[c], v)[:, :, 0] for c, v in zip(comp.split(PRIOR_ROWS), x.split(PRIOR_ROWS))]
+        return self.means[comp] + torch.cat(coloured)
+
+
 class Mapper(nn.Module):
     """IMLE mapper T: Gaussian noise (B x noise_dim) -> latent (B x nz); reference MLP 32-128-128-64.
 
     num_classes > 0 (imle.conditional): T(e, y) takes a class embedding of noise_dim values
     beside the noise, so each class has its own map to the latent space.
+    prior_components > 0 (model.mapper_prior=mixture): the noise is nz + 1 values, drawn through
+    a Gaussian mixture fitted to the codes (`MixturePrior`), and T(e) = p + f(p) for that point p,
+    with f's last layer zero at the start: IMLE starts from the mixture's samples and moves them.
     """
 
     def __init__(self, noise_dim: int = 32, nz: int = 64, hidden: Sequence[int] = (128, 128), batch_norm: bool = True,
-                 num_classes: int = 0):
+                 num_classes: int = 0, prior_components: int = 0):
         super().__init__()
+        self.prior = MixturePrior(prior_components, nz) if prior_components else None
+        if self.prior is not None:
+            noise_dim = nz + 1
         self.noise_dim, self.nz, self.num_classes = noise_dim, nz, num_classes
         self.class_embed = nn.Embedding(num_classes, noise_dim) if num_classes else None
         if self.class_embed is not None:
             nn.init.normal_(self.class_embed.weight, std=1.0)
         layers: list[nn.Module] = []
-        d = noise_dim * (2 if num_classes else 1)
+        d = nz if self.prior is not None else noise_dim * (2 if num_classes else 1)
         for h in hidden:
             layers += [nn.Linear(d, h, bias=not batch_norm), nn.BatchNorm1d(h) if batch_norm else nn.Identity(),
                        nn.ReLU(inplace=True)]
@@ -111,8 +166,13 @@ class Mapper(nn.Module):
         layers.append(nn.Linear(d, nz, bias=False))
         self.net = nn.Sequential(*layers)
         _init_weights(self)
+        if self.prior is not None:
+            nn.init.zeros_(layers[-1].weight)  # T starts as the mixture's sampler
 
     def forward(self, e: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.prior is not None:
+            p = self.prior(e)
+            return p + self.net(p)
         if self.class_embed is not None:
             if labels is None:
                 raise ValueError("this mapper is class-conditional: pass the labels of the samples")
@@ -329,8 +389,9 @@ def build_generator(cfg: GlannConfig, shape: Sequence[int]) -> Union[Generator, 
 
 def build_mapper(cfg: GlannConfig) -> Mapper:
     """The IMLE mapper: model.noise_dim noise -> model.nz latents."""
-    return Mapper(cfg.model.noise_dim, cfg.model.nz, cfg.model.mapper_hidden, cfg.model.mapper_batch_norm,
-                  num_classes(cfg, "glann"))
+    m = cfg.model
+    return Mapper(m.noise_dim, m.nz, m.mapper_hidden, m.mapper_batch_norm, num_classes(cfg, "glann"),
+                  m.mapper_prior_components if m.mapper_prior == "mixture" else 0)
 
 
 def build_discriminator(cfg: GlannConfig, shape: Sequence[int]) -> Union[Discriminator, MLPDiscriminator]:
@@ -340,6 +401,14 @@ def build_discriminator(cfg: GlannConfig, shape: Sequence[int]) -> Union[Discrim
         return MLPDiscriminator(shape[0], g.d_hidden, g.pack, g.minibatch_std, g.spectral_norm, g.d_batch_norm, k)
     image_size, channels = shape[-1], shape[0]
     return Discriminator(image_size, channels, g.ndf, g.pack, g.minibatch_std, g.spectral_norm, g.d_batch_norm, k)
+
+
+def noise_size(cfg: GlannConfig) -> int:
+    """Values of noise one sample takes: the GAN's z (model.nz), else the mapper's input
+    (model.noise_dim; nz + 1 with model.mapper_prior=mixture, see MixturePrior)."""
+    if cfg.method == "gan":
+        return cfg.model.nz
+    return cfg.model.nz + 1 if cfg.model.mapper_prior == "mixture" else cfg.model.noise_dim
 
 
 def num_classes(cfg: GlannConfig, method: str) -> int:

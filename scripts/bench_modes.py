@@ -55,7 +55,7 @@ def imle_alone(config: Path, overrides: list[str], num_samples: int) -> torch.Te
     cfg.model.nz = data.shape[0]  # the mapper's output is a data point
     cfg.imle.epochs = cfg.glo.epochs + cfg.imle.epochs  # the budget of both GLANN stages
     T = train_imle(data.images.float(), cfg).mapper.eval()
-    noise = torch.randn(num_samples, cfg.model.noise_dim, generator=torch.Generator().manual_seed(cfg.seed))
+    noise = torch.randn(num_samples, T.noise_dim, generator=torch.Generator().manual_seed(cfg.seed))
     return map_noise(T, noise)
 
 

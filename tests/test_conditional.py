@@ -85,7 +85,7 @@ def test_the_pool_keeps_its_classes_apart_when_drawn_in_chunks(tiny, monkeypatch
     pool = pool_labels(cfg.model.class_counts, 1.0)
 
     def class_spread() -> float:
-        _, samples = imle.draw_pool(T, len(pool), cfg.model.noise_dim, torch.Generator().manual_seed(3),
+        _, samples = imle.draw_pool(T, len(pool), torch.Generator().manual_seed(3),
                                     torch.device("cpu"), labels=pool)
         means = torch.stack([samples[pool == c].mean(0) for c in range(4)])
         return float((means - means.mean(0)).norm(dim=1).mean())

@@ -58,7 +58,7 @@ def _assign(rank, out_dir):
     codes = torch.nn.functional.normalize(torch.randn(101, cfg.model.nz, generator=torch.Generator().manual_seed(5)), dim=1)
     torch.manual_seed(0)
     T = build_mapper(cfg)
-    noise, samples = draw_pool(T, 202, cfg.model.noise_dim, torch.Generator().manual_seed(rank), torch.device("cpu"))
+    noise, samples = draw_pool(T, 202, torch.Generator().manual_seed(rank), torch.device("cpu"))
     mine = d.shard(101)
     match = nearest(codes[mine], samples)[1][:, 0]
     full = d.gather_rows(match, 101)
@@ -90,7 +90,7 @@ def _assign_conditional(rank, out_dir):
     torch.manual_seed(0)
     T = build_mapper(cfg)
     pool = pool_labels(cfg.model.class_counts, 2.0, d.world)
-    noise, samples = draw_pool(T, len(pool), cfg.model.noise_dim, torch.Generator().manual_seed(rank),
+    noise, samples = draw_pool(T, len(pool), torch.Generator().manual_seed(rank),
                                torch.device("cpu"), labels=pool)
     mine = d.shard(101)
     _, match, _ = match_codes(codes[mine], samples, cfg.imle, 101, labels[mine], pool)
@@ -110,6 +110,35 @@ def test_conditional_imle_assignment_across_ranks_equals_the_single_process_one(
     assert torch.equal(got["pool"][got["match"]], got["labels"])
     ref = nearest_within(got["codes"], got["labels"], got["samples"], got["pool"])[1][:, 0]
     assert torch.equal(got["match"], ref)
+
+
+def _prior_worker(rank, out_dir):
+    from glann.config import load_config
+    from glann.distributed import current
+    from glann.imle import _fit_prior
+    from glann.nets import build_mapper
+
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["model.mapper_prior=mixture", "model.mapper_prior_components=3"])
+    d = current()
+    codes = torch.nn.functional.normalize(torch.randn(101, cfg.model.nz, generator=torch.Generator().manual_seed(5)), dim=1)
+    T = build_mapper(cfg)
+    _fit_prior(T, codes[d.shard(101)], 101, cfg)
+    torch.save(T.prior.state_dict(), os.path.join(out_dir, f"prior{rank}.pt"))
+
+
+def test_mixture_prior_is_fitted_to_every_ranks_codes_and_shared(tmp_path):
+    from glann.config import load_config
+    from glann.imle import _fit_prior
+    from glann.nets import build_mapper
+
+    _spawn(_prior_worker, str(tmp_path))
+    a, b = (torch.load(tmp_path / f"prior{r}.pt", weights_only=True) for r in (0, 1))
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["model.mapper_prior=mixture", "model.mapper_prior_components=3"])
+    T = build_mapper(cfg)
+    _fit_prior(T, torch.nn.functional.normalize(torch.randn(101, cfg.model.nz, generator=torch.Generator().manual_seed(5)),
+                                                dim=1), 101, cfg)
+    for k, v in T.prior.state_dict().items():
+        assert torch.equal(a[k], b[k]) and torch.allclose(a[k], v, atol=1e-5), k
 
 
 def _train(rank, out_dir, resume):

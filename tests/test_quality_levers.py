@@ -210,3 +210,63 @@ def test_precision_weight_is_refused_under_torchrun(tiny, monkeypatch):
     monkeypatch.setattr(pipeline, "init_from_env", lambda device: Fake())
     with pytest.raises(ConfigError, match="precision_weight"):
         train(tiny("imle.precision_weight=0.5"))
+
+
+def _three_clusters(nz: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes on the sphere in three tight clusters of 60%, 30% and 10% of 1,000 codes, and their centres."""
+    g = torch.Generator().manual_seed(seed)
+    centres = sphere(torch.randn(3, nz, generator=g))
+    which = torch.tensor([0] * 600 + [1] * 300 + [2] * 100)
+    return sphere(centres[which] + 0.03 * torch.randn(1000, nz, generator=g)), centres
+
+
+def test_mixture_prior_draws_each_component_in_its_share():
+    from glann.nets import Mapper
+
+    codes, centres = _three_clusters(8)
+    T = Mapper(nz=8, hidden=[16], prior_components=3)
+    T.prior.fit(codes)
+    T.eval()
+    assert T.noise_dim == 9
+    with torch.no_grad():
+        z = T(torch.randn(6000, 9, generator=torch.Generator().manual_seed(1)))
+    share = torch.bincount(torch.cdist(z, centres).argmin(1), minlength=3) / 6000.0
+    assert torch.allclose(share, torch.tensor([0.6, 0.3, 0.1]), atol=0.03)
+    assert torch.cdist(z, centres).min(1).values.max() < 0.5  # every sample inside a cluster
+
+
+def test_mixture_prior_mapper_starts_at_the_mixture_and_imle_moves_it(tiny):
+    cfg = tiny("model.mapper_prior=mixture", "model.mapper_prior_components=3", "imle.epochs=4")
+    codes, _ = _three_clusters(cfg.model.nz)
+    run = Run.create(cfg)
+    result = train_imle(codes, cfg, run)
+    T = result.mapper.eval()
+    assert result.nn_distances[-1] < result.nn_distances[0]  # IMLE moved the mixture's samples closer
+    with torch.no_grad():
+        e = torch.randn(50, T.noise_dim, generator=torch.Generator().manual_seed(2))
+        assert not torch.allclose(T(e), T.prior(e))  # the residual is trained
+    # The prior is fitted once: a resumed run keeps the saved one, not a refit to other codes.
+    saved = T.prior.means.clone()
+    more = tiny("model.mapper_prior=mixture", "model.mapper_prior_components=3", "imle.epochs=6")
+    run.close()
+    resumed = train_imle(sphere(torch.randn(1000, cfg.model.nz)), more, Run.create(more, run.path, resume=True))
+    assert torch.equal(resumed.mapper.prior.means, saved)
+
+
+def test_mixture_prior_run_exports_and_samples_deterministically(tiny):
+    from glann.sampler import Sampler
+
+    run_dir = train(tiny("model.mapper_prior=mixture", "model.mapper_prior_components=4", "glo.epochs=1",
+                         "imle.epochs=1", "data.limit=64"))
+    a, b = Sampler.from_pretrained(run_dir, "cpu"), Sampler.from_pretrained(run_dir, "cpu")
+    assert a.mapper.noise_dim == 17 and a.mapper.prior.means.abs().sum() > 0  # the fitted prior was saved
+    assert torch.equal(a.sample(8, seed=3), b.sample(8, seed=3))
+
+
+def test_unknown_mapper_prior_is_a_one_line_config_error(tiny):
+    from glann.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.mapper_prior must be 'gaussian' or 'mixture'"):
+        tiny("model.mapper_prior=gmm")
+    with pytest.raises(ConfigError, match="with imle.conditional=true set model.mapper_prior=gaussian"):
+        tiny("model.mapper_prior=mixture", "imle.conditional=true")

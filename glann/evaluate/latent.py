@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ..nets import MixturePrior
 from ..sampler import Sampler
 
 MIXTURE_COMPONENTS = 50
@@ -19,20 +20,16 @@ MIXTURE_FIT_CODES = 20000  # codes the mixture is fitted on: seconds on a 2-core
 
 def code_samplers(codes: torch.Tensor, n: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """Latents (float n x nz each) from the three baselines fitted to `codes` (float N x nz)."""
-    from sklearn.mixture import GaussianMixture
-
     codes = codes.float().cpu()
     g = torch.Generator().manual_seed(seed + 31)
     out = {"reconstructions": codes[torch.randperm(len(codes), generator=g)[:n]]}
     mean, cov = codes.mean(0), torch.cov(codes.T.double()) + 1e-6 * torch.eye(codes.shape[1], dtype=torch.float64)
     eps = torch.randn(n, codes.shape[1], generator=g, dtype=torch.float64)
     out["gaussian"] = (mean.double() + eps @ torch.linalg.cholesky(cov).T).float()
-    fit = codes[torch.randperm(len(codes), generator=g)[:MIXTURE_FIT_CODES]].double().numpy()
-    k = min(MIXTURE_COMPONENTS, max(1, len(fit) // (4 * codes.shape[1])))  # enough codes per component
-    gmm = GaussianMixture(k, covariance_type="full", reg_covar=1e-5, max_iter=200, random_state=seed).fit(fit)
-    z, _ = gmm.sample(n)
-    out["mixture"] = torch.from_numpy(z[torch.randperm(n, generator=g).numpy()]).float()  # sample() sorts by component
-    out["mixture_components"] = torch.tensor(k)
+    prior = MixturePrior(MIXTURE_COMPONENTS, codes.shape[1])  # what model.mapper_prior=mixture starts IMLE from
+    prior.fit(codes, seed=seed, max_codes=MIXTURE_FIT_CODES)
+    out["mixture"] = prior(torch.randn(n, codes.shape[1] + 1, generator=g))
+    out["mixture_components"] = torch.tensor(prior.fitted_components)
     return out
 
 

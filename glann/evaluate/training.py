@@ -12,7 +12,7 @@ from ..config import GlannConfig
 from ..data import load_dataset
 from ..errors import ConfigError
 from ..images import to_unit
-from ..nets import Generator, Mapper, draw_labels, sphere
+from ..nets import Generator, Mapper, draw_labels, noise_size, sphere
 from .classifier import domain_classifier
 from .features import DomainFeatures, extract_features
 from .metrics import frechet_distance
@@ -37,8 +37,7 @@ class DomainFDCheck:
         g = torch.Generator().manual_seed(cfg.seed + 3)
         idx = torch.randperm(len(train), generator=g)[:n]
         self.real = extract_features(self.features, train.images[idx].cpu(), device=device)
-        dim = cfg.model.nz if cfg.method == "gan" else cfg.model.noise_dim
-        self.noise = torch.randn(n, dim, generator=g).to(device)
+        self.noise = torch.randn(n, noise_size(cfg), generator=g).to(device)
         counts = cfg.model.class_counts  # a conditional model: classes in the data's shares
         self.labels = draw_labels(counts, n, g).to(device) if counts else torch.zeros(n, dtype=torch.long, device=device)
         self.conditional = bool(counts)
