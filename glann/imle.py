@@ -294,10 +294,11 @@ def _fit_prior(T: Mapper, codes: torch.Tensor, n: int, cfg: GlannConfig) -> floa
     everything = d.gather_rows(codes, n)
     if d.is_main:
         T.prior.fit(sphere(everything) if cfg.imle.sphere else everything, seed=cfg.seed)
-        tqdm.write(f"IMLE: a {T.prior.components}-component mixture fitted to the codes in "
+        tqdm.write(f"IMLE: a {T.prior.fitted_components}-component mixture fitted to the codes in "
                    f"{time.perf_counter() - t0:.0f} s (model.mapper_prior=mixture)")
     d.broadcast_module(T.prior)
-    return time.perf_counter() - t0
+    # rank 0's time on every rank (the sum's read also waits for an asynchronous broadcast)
+    return d.sum(time.perf_counter() - t0 if d.is_main else 0.0)
 
 
 def _refresh(s: _IMLEState, cfg: GlannConfig, epoch: int, result: IMLEResult) -> dict[str, float]:

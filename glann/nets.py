@@ -104,7 +104,6 @@ class MixturePrior(nn.Module):
     def __init__(self, components: int, nz: int):
         super().__init__()
         self.components, self.nz = components, nz
-        self.fitted_components = components  # those with weight > 0 after `fit`
         self.register_buffer("cum_weights", torch.linspace(1.0 / components, 1.0, components))
         self.register_buffer("means", torch.zeros(components, nz))
         self.register_buffer("chol", torch.eye(nz).repeat(components, 1, 1))
@@ -118,7 +117,7 @@ class MixturePrior(nn.Module):
 
         g = torch.Generator().manual_seed(seed)
         fit = codes.detach().double().cpu()[torch.randperm(len(codes), generator=g)[:max_codes]]
-        k = self.fitted_components = min(self.components, max(1, len(fit) // (4 * self.nz)))
+        k = min(self.components, max(1, len(fit) // (4 * self.nz)))
         gmm = GaussianMixture(k, covariance_type="full", reg_covar=1e-5, max_iter=200, random_state=seed)
         gmm.fit(fit.numpy())
         weights = torch.zeros(self.components, dtype=torch.float64)
@@ -127,6 +126,11 @@ class MixturePrior(nn.Module):
         self.cum_weights[-1] = 1.0
         self.means.zero_()[:k] = torch.from_numpy(gmm.means_).to(self.means)
         self.chol[:k] = torch.linalg.cholesky(torch.from_numpy(gmm.covariances_)).to(self.chol)
+
+    @property
+    def fitted_components(self) -> int:
+        """Components with a weight > 0 (fewer than `components` when fitted to few codes)."""
+        return int((torch.diff(self.cum_weights, prepend=self.cum_weights.new_zeros(1)) > 0).sum())
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
         u = torch.special.ndtr(e[:, -1]).contiguous()

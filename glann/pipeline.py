@@ -51,8 +51,10 @@ def stage_budgets(cfg: GlannConfig, n: int, device: torch.device, glo_seconds: O
                 probe = time.perf_counter() - t0  # charged to GLO: the budget covers all training work
                 imle = min(cfg.imle.budget_max_share * total, cfg.imle.budget_epochs * epoch) + probe
                 if d.is_main:
+                    fit = ("; the mixture's fit (model.mapper_prior=mixture) comes out of IMLE's part"
+                           if cfg.model.mapper_prior == "mixture" else "")
                     tqdm.write(f"glann: max_seconds={total:g}: an IMLE epoch measures {epoch:.1f} s here, so IMLE gets "
-                               f"{imle:.0f} s ({imle / epoch:.0f} epochs) and GLO the other {total - imle:.0f} s",
+                               f"{imle:.0f} s ({imle / epoch:.0f} epochs) and GLO the other {total - imle:.0f} s{fit}",
                                file=sys.stderr)
             cfg.glo.max_seconds = max(total - imle, 1e-3)
         return cfg

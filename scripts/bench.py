@@ -203,7 +203,8 @@ def main() -> int:
     knn_share: dict[str, float] = {}
     for backend in ["torch"] + (["faiss"] if knn.faiss_module() else []):
         icfg = load_config(ROOT / "configs" / "fashion_mnist.yaml",
-                           [f"device={args.device}", "imle.epochs=1", f"imle.knn_backend={backend}"])
+                           [f"device={args.device}", "imle.epochs=1", f"imle.knn_backend={backend}",
+                            "model.mapper_prior=gaussian"])  # the reference's epoch: no mixture fit in it
         res = train_imle(codes, icfg)
         knn_share[backend] = res.knn_seconds[0] / res.epoch_seconds[0]
         row(f"IMLE epoch, N={n}, {icfg.imle.samples_per_point:g} samples/code, knn={backend}, s",

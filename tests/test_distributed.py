@@ -118,7 +118,8 @@ def _prior_worker(rank, out_dir):
     from glann.imle import _fit_prior
     from glann.nets import build_mapper
 
-    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["model.mapper_prior=mixture", "model.mapper_prior_components=3"])
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["model.mapper_prior=mixture", "model.mapper_prior_components=3",
+                                                          "model.nz=4"])
     d = current()
     codes = torch.nn.functional.normalize(torch.randn(101, cfg.model.nz, generator=torch.Generator().manual_seed(5)), dim=1)
     T = build_mapper(cfg)
@@ -133,10 +134,12 @@ def test_mixture_prior_is_fitted_to_every_ranks_codes_and_shared(tmp_path):
 
     _spawn(_prior_worker, str(tmp_path))
     a, b = (torch.load(tmp_path / f"prior{r}.pt", weights_only=True) for r in (0, 1))
-    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["model.mapper_prior=mixture", "model.mapper_prior_components=3"])
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["model.mapper_prior=mixture", "model.mapper_prior_components=3",
+                                                          "model.nz=4"])
     T = build_mapper(cfg)
     _fit_prior(T, torch.nn.functional.normalize(torch.randn(101, cfg.model.nz, generator=torch.Generator().manual_seed(5)),
                                                 dim=1), 101, cfg)
+    assert T.prior.fitted_components == 3  # 101 codes at nz 4: enough for every component
     for k, v in T.prior.state_dict().items():
         assert torch.equal(a[k], b[k]) and torch.allclose(a[k], v, atol=1e-5), k
 
