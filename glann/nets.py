@@ -392,7 +392,7 @@ def build_generator(cfg: GlannConfig, shape: Sequence[int]) -> Union[Generator, 
 
 
 def build_mapper(cfg: GlannConfig) -> Mapper:
-    """The IMLE mapper: model.noise_dim noise -> model.nz latents."""
+    """The IMLE mapper: noise of `noise_size(cfg)` values -> model.nz latents."""
     m = cfg.model
     return Mapper(m.noise_dim, m.nz, m.mapper_hidden, m.mapper_batch_norm, num_classes(cfg, "glann"),
                   m.mapper_prior_components if m.mapper_prior == "mixture" else 0)

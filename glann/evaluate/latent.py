@@ -26,7 +26,8 @@ def code_samplers(codes: torch.Tensor, n: int, seed: int = 0) -> dict[str, torch
     mean, cov = codes.mean(0), torch.cov(codes.T.double()) + 1e-6 * torch.eye(codes.shape[1], dtype=torch.float64)
     eps = torch.randn(n, codes.shape[1], generator=g, dtype=torch.float64)
     out["gaussian"] = (mean.double() + eps @ torch.linalg.cholesky(cov).T).float()
-    prior = MixturePrior(MIXTURE_COMPONENTS, codes.shape[1])  # what model.mapper_prior=mixture starts IMLE from
+    # the model.mapper_prior=mixture start at its default 50 components (not the run's own setting)
+    prior = MixturePrior(MIXTURE_COMPONENTS, codes.shape[1])
     prior.fit(codes, seed=seed, max_codes=MIXTURE_FIT_CODES)
     out["mixture"] = prior(torch.randn(n, codes.shape[1] + 1, generator=g))
     out["mixture_components"] = torch.tensor(prior.fitted_components)
