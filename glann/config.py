@@ -303,17 +303,20 @@ class EvalConfig:
 
 @dataclass
 class PerfConfig:
-    """Speed switches for the GLO stage (GLANN's main cost); scripts/bench.py --perf times each both ways.
-    All off by default: on the 2-core CPU none of them paid (benchmarks/perf_cpu.md); on a GPU,
-    measure (scripts/gpu_check.sh runs the same table)."""
+    """Speed switches for the generator's training (GLO, and the GAN baseline's G and D steps, so the
+    race stays even); scripts/bench.py --perf times each both ways. `auto` (the default) turns bf16
+    autocast, channels_last and fused Adam on where they were measured to pay: a CPU with native
+    bf16 (AVX512-BF16 or AMX: 2.0x GLO images/s together on an AMD EPYC, benchmarks/perf_cpu.md);
+    elsewhere off (an AVX2 Xeon ran them 0.5x; on a GPU they have not been timed yet).
+    `glann.devices.resolve_perf` turns auto into on or off for a device."""
 
-    amp: str = "none"  # none | bf16: autocast generator and loss to bfloat16 (weights, codes, Adam stay fp32)
-    channels_last: bool = False  # NHWC memory format for the image generator's convolutions
-    fused_adam: bool = False  # torch's fused Adam kernel for the generator (CPU and CUDA)
+    amp: str = "auto"  # auto | none | bf16: autocast the networks to bfloat16 (weights, codes, Adam stay fp32)
+    channels_last: Optional[bool] = None  # NHWC memory format for the image networks' convolutions; null: auto
+    fused_adam: Optional[bool] = None  # torch's fused Adam kernel for the networks (CPU and CUDA); null: auto
     compile: bool = False  # torch.compile the generator's training forward (the first epoch pays for compiling)
 
     def checks(self) -> list[Check]:
-        return [(self.amp in ("none", "bf16"), f"perf.amp must be none or bf16, got '{self.amp}'")]
+        return [(self.amp in ("auto", "none", "bf16"), f"perf.amp must be auto, none or bf16, got '{self.amp}'")]
 
 
 @dataclass

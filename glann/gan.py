@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .config import GlannConfig
 from .data import Dataset
-from .devices import to_device_async
+from .devices import resolve_perf, to_device_async
 from .images import save_grid, to_model, to_unit
 from .evaluate.metrics import diversity
 from .evaluate.training import DomainFDCheck
@@ -142,6 +142,7 @@ class _GANState:
     conditional: bool = False  # gan.conditional: G and D take each sample's class (the real batch's labels)
     ref_noise: Optional[torch.Tensor] = None  # gan.virtual_batch_norm: the fixed reference batch's noise ...
     ref_labels: Optional[torch.Tensor] = None  # ... and, conditional, its classes
+    amp: bool = False  # bf16 autocast of G and D (perf.amp, resolved for the device), as GLO has it
 
 
 def train_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GANResult:
@@ -196,13 +197,16 @@ def train_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GAN
 def _setup_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run]) -> _GANState:
     """Both networks and optimisers, restored from run's checkpoint with the diagnostics logged so far."""
     device = data.images.device
-    n, gc = len(data), cfg.gan
+    n, gc, pc = len(data), cfg.gan, resolve_perf(cfg.perf, device, data.is_vector)  # GLO's speed switches, so the race is even
     torch.manual_seed(cfg.seed)  # module initialisation is the only user of the global RNG
     rng = torch.Generator().manual_seed(cfg.seed)  # batch order, noise, penalty interpolates
     G = build_generator(cfg, data.shape).to(device)
     D = build_discriminator(cfg, data.shape).to(device)
-    opt_g = torch.optim.Adam(G.parameters(), lr=gc.lr_generator, betas=(gc.beta1, gc.beta2))
-    opt_d = torch.optim.Adam(D.parameters(), lr=gc.lr_discriminator, betas=(gc.beta1, gc.beta2))
+    if pc.channels_last and not data.is_vector:
+        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+    opt_g = torch.optim.Adam(G.parameters(), lr=gc.lr_generator, betas=(gc.beta1, gc.beta2), fused=pc.fused_adam or None)
+    opt_d = torch.optim.Adam(D.parameters(), lr=gc.lr_discriminator, betas=(gc.beta1, gc.beta2),
+                             fused=pc.fused_adam or None)
     state = {"generator": G, "discriminator": D, "opt_g": opt_g, "opt_d": opt_d}
     start, extra = run.load_stage("gan", state, rng, device) if run else (0, {})
     if start:
@@ -219,7 +223,7 @@ def _setup_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run]) -> _GANState
         ref_noise = torch.randn(batch, cfg.model.nz, generator=g).to(device)
         ref_labels = draw_labels(cfg.model.class_counts, batch, g).to(device) if conditional else None
     return _GANState(G, D, opt_g, opt_d, state, rng, budget, start, batch, n // batch, history, conditional,
-                     ref_noise, ref_labels)
+                     ref_noise, ref_labels, pc.amp == "bf16")
 
 
 def _fake(s: _GANState, z: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
@@ -275,10 +279,12 @@ def _discriminator_step(s: _GANState, cfg: GlannConfig, real: torch.Tensor,
     returns D's logits on both and its loss."""
     gc = cfg.gan
     z = to_device_async(torch.randn(s.batch, cfg.model.nz, generator=s.rng), real.device)
-    with torch.no_grad():
-        fake = _fake(s, z, labels)
     real.requires_grad_(gc.r1_gamma > 0)
-    d_real, d_fake = s.D(real, labels), s.D(fake, labels)
+    with torch.autocast(real.device.type, torch.bfloat16, enabled=s.amp):
+        with torch.no_grad():
+            fake = _fake(s, z, labels)
+        d_real, d_fake = s.D(real, labels), s.D(fake, labels)
+    d_real, d_fake = d_real.float(), d_fake.float()  # the losses in fp32
     loss_d = discriminator_loss(gc.loss, d_real, d_fake, gc.label_smoothing)
     if gc.loss == "wgan-gp":
         loss_d = loss_d + gc.gp_lambda * gradient_penalty(s.D, real.detach(), fake, s.rng, labels)
@@ -295,13 +301,15 @@ def _generator_step(s: _GANState, cfg: GlannConfig, real: torch.Tensor,
     """One G update on fresh noise; returns its loss and gradient norm (measured, never clipped)."""
     gc = cfg.gan
     z = to_device_async(torch.randn(s.batch, cfg.model.nz, generator=s.rng), real.device)
-    d_fake, f_fake = s.D(_fake(s, z, labels), labels, return_features=True)
-    loss_g = generator_loss(gc.loss, d_fake)
+    with torch.autocast(real.device.type, torch.bfloat16, enabled=s.amp):
+        d_fake, f_fake = s.D(_fake(s, z, labels), labels, return_features=True)
+        if gc.feature_matching > 0:
+            with torch.no_grad():
+                f_real = s.D(real.detach(), labels, return_features=True)[1]
+    loss_g = generator_loss(gc.loss, d_fake.float())
     if gc.feature_matching > 0:
         # Salimans et al. 2016, sec. 3.1: match the mean of D's last features on real data.
-        with torch.no_grad():
-            f_real = s.D(real.detach(), labels, return_features=True)[1]
-        loss_g = loss_g + gc.feature_matching * (f_real.mean(0) - f_fake.mean(0)).pow(2).mean()
+        loss_g = loss_g + gc.feature_matching * (f_real.float().mean(0) - f_fake.float().mean(0)).pow(2).mean()
     s.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     gnorm = torch.nn.utils.clip_grad_norm_(s.G.parameters(), float("inf"))

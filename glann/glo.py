@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .config import GlannConfig
 from .data import Dataset
-from .devices import to_device_async
+from .devices import resolve_perf, to_device_async
 from .images import save_grid, to_model, to_unit
 from .losses import make_loss
 from .nets import Generator, build_generator, sphere
@@ -109,6 +109,7 @@ class _GLOState:
     start: int  # the first epoch to train (a resume's next)
     batch: int  # per rank
     steps: int  # per epoch
+    amp: bool = False  # bf16 autocast (perf.amp, resolved for the device)
 
 
 def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLOResult:
@@ -147,7 +148,7 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
 def _setup_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run]) -> _GLOState:
     """Networks, codes (initialised, or restored from run's checkpoint), optimisers and budget."""
     device = data.images.device
-    n, gc, pc = len(data), cfg.glo, cfg.perf
+    n, gc, pc = len(data), cfg.glo, resolve_perf(cfg.perf, device, data.is_vector)
     d = current_dist()  # under torchrun: this rank trains the codes of its shard of the images only
     mine = d.shard(n, device)
     images = data.images[mine] if d.active else data.images
@@ -192,13 +193,13 @@ def _setup_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run]) -> _GLOState
     cosine = Cosine(gc.schedule, [(opt_g, gc.lr_generator), (opt_z, gc.lr_codes)], gc.epochs, steps)
     cosine.time_share = budget.fraction(in_epoch=False)
     return _GLOState(G, G_train, codes, images, opt_g, opt_z, sched_g, sched_z, loss_fn, state, rng, budget,
-                     cosine, start, batch, steps)
+                     cosine, start, batch, steps, pc.amp == "bf16")
 
 
 def _glo_epoch(s: _GLOState, cfg: GlannConfig, epoch: int, run: Optional[Run]) -> tuple[LossTracker, int]:
     """One GLO epoch's steps: generator and this batch's codes, one Adam step each per batch.
     Returns the epoch's loss tracker and the steps taken (fewer when the budget ends mid-epoch)."""
-    device, pc = s.images.device, cfg.perf
+    device = s.images.device
     s.G.train()
     done = 0
     perm = to_device_async(torch.randperm(len(s.images), generator=s.rng), device)
@@ -211,7 +212,7 @@ def _glo_epoch(s: _GLOState, cfg: GlannConfig, epoch: int, run: Optional[Run]) -
         idx = perm[step * s.batch:(step + 1) * s.batch]
         real = to_model(s.images[idx])
         z = s.codes.weight.index_select(0, idx).requires_grad_()  # this batch's codes, a leaf
-        with torch.autocast(device.type, torch.bfloat16, enabled=pc.amp == "bf16"):
+        with torch.autocast(device.type, torch.bfloat16, enabled=s.amp):
             loss = s.loss_fn(s.G_train(z), real).float().mean()
         if not tracker.add(loss, step):
             continue

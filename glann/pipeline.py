@@ -15,7 +15,7 @@ from .distributed import current as current_dist
 from .distributed import init_from_env
 from .errors import ConfigError
 from .data import CLASS_NAMES, Dataset, load_dataset
-from .devices import resolve_device
+from .devices import resolve_device, resolve_perf
 from .gan import train_gan
 from .glo import train_glo
 from .imle import epoch_seconds_estimate, train_imle
@@ -86,6 +86,15 @@ def with_class_counts(cfg: GlannConfig, data: Dataset) -> GlannConfig:
     return cfg
 
 
+def _log_perf(cfg: GlannConfig, device: torch.device, vector: bool) -> None:
+    """One line saying which speed switches train this run (perf.* auto decides per machine)."""
+    p = resolve_perf(cfg.perf, device, vector)
+    on = [name for name, flag in (("bf16 autocast", p.amp == "bf16"), ("channels_last", p.channels_last),
+                                  ("fused Adam", p.fused_adam), ("torch.compile", p.compile)) if flag]
+    tqdm.write(f"glann: speed switches on: {', '.join(on) or 'none'} (perf.*; auto turns bf16, channels_last and "
+               f"fused Adam on for images on a CPU with native bf16)", file=sys.stderr)
+
+
 def train(cfg: Union[GlannConfig, str, Path], resume: bool = False, run_dir: Optional[Union[str, Path]] = None,
           overrides: Sequence[str] = ()) -> Path:
     """Train GLO then IMLE (method gan: the GAN baseline), export the sampler and write
@@ -121,6 +130,8 @@ def train(cfg: Union[GlannConfig, str, Path], resume: bool = False, run_dir: Opt
         data = load_dataset(cfg.data, device, seed=cfg.seed)
         run.set_config(with_class_counts(cfg, data))  # conditional runs: the classes, from the labels
         cfg = run.cfg
+        if run.is_main:
+            _log_perf(cfg, device, data.is_vector)
         if cfg.method == "gan":  # the adversarial baseline: same generator, no mapper
             generator, mapper = train_gan(data, stage_budgets(cfg, len(data), device), run).generator, None
         else:

@@ -238,17 +238,35 @@ def findings(gflops: dict[str, float], peak: float, knn_share: dict[str, float])
     return out
 
 
+PERF_OFF = "perf.amp=none perf.channels_last=false perf.fused_adam=false"  # the defaults are auto: say off
+PERF_ALL = "perf.amp=bf16 perf.channels_last=true perf.fused_adam=true"
 PERF_SWITCHES = [("perf.amp=bf16", "bf16 autocast"), ("perf.channels_last=true", "channels_last"),
                  ("perf.fused_adam=true", "fused Adam"), ("perf.compile=true", "torch.compile"),
-                 ("perf.amp=bf16 perf.channels_last=true perf.fused_adam=true", "bf16 + channels_last + fused")]
+                 (PERF_ALL, "bf16 + channels_last + fused")]
+
+
+def gan_throughput(cfg, data) -> float:
+    """Real images/s (each through one D step and one G step) of the GAN baseline's training loop:
+    the second of two one-epoch runs (the first warms up)."""
+    from glann.gan import train_gan
+
+    cfg.gan.epochs = 1
+    train_gan(data, cfg)
+    t = time.perf_counter()
+    train_gan(data, cfg)
+    return len(data) / (time.perf_counter() - t)
 
 
 def perf_rows(args, data, row) -> None:
     """GLO lap1 images/s with each perf switch against all off; the baseline is timed before and
-    after the switches (their mean is the denominator, their spread the noise)."""
+    after the switches (their mean is the denominator, their spread the noise). Then the GAN
+    baseline's loop (it takes the same switches) with all of them off and on."""
+    def config(overrides: str):
+        return load_config(ROOT / "configs" / "fashion_mnist.yaml", [f"device={args.device}", *PERF_OFF.split(),
+                                                                     *overrides.split()])
+
     def measure(overrides: str) -> float:
-        c = load_config(ROOT / "configs" / "fashion_mnist.yaml", [f"device={args.device}", *overrides.split()])
-        return glo_throughput(c, data, "lap1", epochs=3 if "compile" in overrides else 2)
+        return glo_throughput(config(overrides), data, "lap1", epochs=3 if "compile" in overrides else 2)
 
     first = measure("")
     results = [(label, o, measure(o)) for o, label in PERF_SWITCHES]
@@ -259,6 +277,11 @@ def perf_rows(args, data, row) -> None:
     for label, overrides, value in results:
         note = "last of 3 epochs (compiling is in the first)" if "compile" in overrides else ""
         row(f"GLO lap1, {label} (`{overrides}`), images/s", f"{value:.0f}", f"{value / base:.2f}x of all off. {note}")
+    gan_config = lambda o: load_config(ROOT / "configs" / "gan_fashion_mnist.yaml",  # noqa: E731
+                                       [f"device={args.device}", *PERF_OFF.split(), *o.split()])
+    off, on = gan_throughput(gan_config(""), data), gan_throughput(gan_config(PERF_ALL), data)
+    row("GAN (DCGAN) loop, all perf switches off, images/s", f"{off:.0f}", "the same switches apply to G and D")
+    row(f"GAN (DCGAN) loop, `{PERF_ALL}`, images/s", f"{on:.0f}", f"{on / off:.2f}x of all off")
 
 
 def write_table(args, rows, device, footer: str) -> int:

@@ -77,6 +77,42 @@ def test_glo_perf_switches_train_like_fp32(tiny, switches):
     assert fast.codes.dtype == torch.float32 and next(fast.generator.parameters()).dtype == torch.float32
 
 
+def test_perf_auto_turns_the_switches_on_only_for_images_on_a_cpu_with_native_bf16(monkeypatch):
+    import glann.devices as devices
+    from glann.config import PerfConfig
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for native in (True, False):
+        monkeypatch.setattr(devices, "native_bf16_cpu", lambda: native)
+        p = devices.resolve_perf(PerfConfig(), cpu)
+        assert (p.amp, p.channels_last, p.fused_adam) == (("bf16", True, True) if native else ("none", False, False))
+        p = devices.resolve_perf(PerfConfig(), cpu, vector=True)  # 2-D points: never auto
+        assert (p.amp, p.channels_last, p.fused_adam) == ("none", False, False)
+    monkeypatch.setattr(devices, "native_bf16_cpu", lambda: True)
+    assert devices.resolve_perf(PerfConfig(), cuda).amp == "none"  # not timed on a GPU: explicit there
+    explicit = PerfConfig(amp="none", channels_last=True, fused_adam=False)
+    assert devices.resolve_perf(explicit, cpu) == explicit  # what a config says is kept
+
+
+def test_glo_auto_perf_uses_bf16_where_the_cpu_has_it(tiny, monkeypatch):
+    import glann.devices as devices
+
+    cfg = tiny("glo.epochs=1", "data.limit=64", "perf.amp=auto", "perf.channels_last=null", "perf.fused_adam=null")
+    seen = []
+    real_autocast = torch.autocast
+
+    def spy(device_type, dtype=None, enabled=True, **kw):
+        seen.append(enabled)
+        return real_autocast(device_type, dtype, enabled=enabled, **kw)
+
+    monkeypatch.setattr(torch, "autocast", spy)
+    for native in (True, False):
+        seen.clear()
+        monkeypatch.setattr(devices, "native_bf16_cpu", lambda: native)
+        train_glo(load_dataset(cfg.data, seed=cfg.seed), cfg)
+        assert seen and all(e == native for e in seen)
+
+
 @pytest.mark.slow
 def test_glo_compiled_generator_matches_eager(tiny):
     pytest.importorskip("torch._inductor")
