@@ -60,9 +60,15 @@ def test_gan_takes_glos_perf_switches_and_trains_like_fp32(tiny):
     fast = train_gan(data, tiny(*GAN_TINY, "gan.epochs=2", "perf.amp=bf16", "perf.channels_last=true",
                                 "perf.fused_adam=true"))
     assert fast.g_steps == base.g_steps and _finite(fast)
-    # Same initialisation and batches: the first epoch's losses differ only by bf16 rounding.
-    for key in ("d_loss", "g_loss"):
-        assert abs(fast.history[0][key] - base.history[0][key]) < 0.05 * abs(base.history[0][key])
+    # Same initialisation and batches: the diagnostics and weights differ only by bf16 rounding.
+    for epoch in range(2):
+        for key in ("g_grad_norm", "diversity_ratio"):
+            assert abs(fast.history[epoch][key] - base.history[epoch][key]) < 0.05 * abs(base.history[epoch][key])
+    a, b = (torch.cat([p.detach().reshape(-1) for p in r.generator.parameters()]) for r in (base, fast))
+    assert 0 < (a - b).norm() < 0.02 * a.norm()  # bf16 did run, and only rounded
+    conv = [p for p in fast.discriminator.parameters() if p.dim() == 4]
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in conv)
+    assert any(not p.is_contiguous() for p in conv)  # (a 1-channel kernel is both layouts at once)
     assert all(p.dtype == torch.float32 for p in fast.generator.parameters())
     assert all(p.dtype == torch.float32 for p in fast.discriminator.parameters())
 
