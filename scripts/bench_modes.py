@@ -53,6 +53,7 @@ def imle_alone(config: Path, overrides: list[str], num_samples: int) -> torch.Te
     cfg = load_config(config, overrides)
     data = load_dataset(cfg.data)
     cfg.model.nz = data.shape[0]  # the mapper's output is a data point
+    cfg.model.mapper_prior = "gaussian"  # Li & Malik's IMLE: noise in, no mixture fitted to the data first
     cfg.imle.epochs = cfg.glo.epochs + cfg.imle.epochs  # the budget of both GLANN stages
     T = train_imle(data.images.float(), cfg).mapper.eval()
     noise = torch.randn(num_samples, T.noise_dim, generator=torch.Generator().manual_seed(cfg.seed))
