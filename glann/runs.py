@@ -217,7 +217,10 @@ class Run:
         state = load_checkpoint(path, map_location="cpu")
         try:
             for name, obj in objects.items():
-                obj.load_state_dict(state[name])
+                if isinstance(obj, torch.optim.Optimizer):
+                    _load_optimizer(obj, state[name])
+                else:
+                    obj.load_state_dict(state[name])
             d = current_dist()
             ranks = state.get("rng_ranks")
             if ranks is not None and ranks.shape[0] == d.world:
@@ -229,3 +232,21 @@ class Run:
                                   f"({str(exc).splitlines()[0]}); delete it to start the {stage} stage again") from exc
         extra = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in state.get("extra", {}).items()}
         return int(state["epoch"]) + 1, extra
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """opt.load_state_dict(saved), keeping the kernel this run built opt with and its weights' layout.
+
+    load_state_dict restores the saved groups' `fused`/`foreach` flags, so a resume that sets
+    perf.fused_adam would silently run the old kernel; and it keeps the layout the moments were
+    saved in, while fused Adam walks weights, grads and moments by raw memory position: moments
+    saved with perf.channels_last off and loaded into channels_last weights (or the reverse) would
+    be updated element-for-wrong-element. Each moment takes its weight's layout instead."""
+    kernels = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in opt.param_groups]
+    opt.load_state_dict(saved)
+    for group, kernel in zip(opt.param_groups, kernels):
+        group.update(kernel)
+        for p in group["params"]:
+            for key, v in opt.state.get(p, {}).items():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                    opt.state[p][key] = torch.empty_like(p, dtype=v.dtype).copy_(v)

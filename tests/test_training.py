@@ -113,6 +113,41 @@ def test_glo_auto_perf_uses_bf16_where_the_cpu_has_it(tiny, monkeypatch):
         assert seen and all(e == native for e in seen)
 
 
+def test_training_records_the_switches_it_resolved(tiny, tmp_path, monkeypatch):
+    import glann.devices as devices
+    from glann import train
+    from glann.config import load_config
+
+    monkeypatch.setattr(devices, "native_bf16_cpu", lambda: True)
+    train(tiny("glo.epochs=1", "imle.epochs=0", "data.limit=64", "sample_every=100000", "perf.amp=auto",
+               "perf.channels_last=null", "perf.fused_adam=null"))
+    saved = load_config(tmp_path / "tiny" / "config.yaml").perf  # what ran, not `auto`: a resume elsewhere keeps it
+    assert (saved.amp, saved.channels_last, saved.fused_adam) == ("bf16", True, True)
+
+
+def test_a_resume_that_changes_the_layout_under_fused_adam_steps_as_plain_adam_does(tiny, tmp_path):
+    import shutil
+
+    from glann import train
+
+    cfg = tiny("name=a", "glo.epochs=1", "imle.epochs=0", "data.limit=64", "sample_every=100000",
+               "perf.fused_adam=true")
+    train(cfg)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    # Adam's moments were saved in the default layout; fused Adam walks weights and moments by raw
+    # memory position, so loaded into channels_last weights they must take the weights' layout.
+    def weights(name: str) -> torch.Tensor:
+        saved = torch.load(tmp_path / name / "checkpoints" / "glo.pt", weights_only=True)["generator"]
+        return torch.cat([w.reshape(-1) for k, w in saved.items() if w.is_floating_point() and "running" not in k])
+
+    before = weights("a")
+    for name, fused in (("a", "true"), ("b", "false")):
+        train(cfg, resume=True, run_dir=tmp_path / name,
+              overrides=["glo.epochs=2", "perf.channels_last=true", f"perf.fused_adam={fused}"])
+    fused, plain = weights("a"), weights("b")
+    assert (fused - plain).norm() < 0.01 * (plain - before).norm()  # rounding, against a whole epoch's steps
+
+
 @pytest.mark.slow
 def test_glo_compiled_generator_matches_eager(tiny):
     pytest.importorskip("torch._inductor")
