@@ -304,11 +304,12 @@ class EvalConfig:
 @dataclass
 class PerfConfig:
     """Speed switches for the generator's training (GLO, and the GAN baseline's G and D steps, so the
-    race stays even); scripts/bench.py --perf times each both ways. `auto` (the default) turns bf16
-    autocast, channels_last and fused Adam on where they were measured to pay: a CPU with native
-    bf16 (AVX512-BF16 or AMX: 2.0x GLO images/s together on an AMD EPYC, benchmarks/perf_cpu.md);
-    elsewhere off (an AVX2 Xeon ran them 0.5x; on a GPU they have not been timed yet).
-    `glann.devices.resolve_perf` turns auto into on or off for a device."""
+    race stays even; compile is GLO's only); scripts/bench.py --perf times each both ways. `auto`
+    (the default; null for the two booleans) turns bf16 autocast, channels_last and fused Adam on
+    where they were measured to pay: a CPU with native bf16 (AVX512-BF16 or AMX: 2.1x GLO images/s
+    together on an AMD EPYC, benchmarks/perf_cpu.md); elsewhere off (an AVX2 Xeon ran them 0.5x; on
+    a GPU they have not been timed yet). `glann.devices.resolve_perf` turns auto into on or off for a
+    device, and training records the result in the run's config.yaml."""
 
     amp: str = "auto"  # auto | none | bf16: autocast the networks to bfloat16 (weights, codes, Adam stay fp32)
     channels_last: Optional[bool] = None  # NHWC memory format for the image networks' convolutions; null: auto
@@ -356,6 +357,8 @@ class GlannConfig:
 def _fail(exc: OmegaConfBaseException, where: str) -> ConfigError:
     key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
     msg = str(exc).splitlines()[0]
+    if key in ("perf.channels_last", "perf.fused_adam"):  # the switches whose auto is null, not 'auto'
+        return ConfigError(f"{where}: bad config key '{key}': {msg}; use true, false or null (auto)")
     if key:
         return ConfigError(f"{where}: bad config key '{key}': {msg} (see glann/config.py for the valid keys)")
     if "is not a subclass of" in msg:  # `glo=3`: a value where a section of keys belongs

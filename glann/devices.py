@@ -40,11 +40,11 @@ def resolve_perf(perf: PerfConfig, device: torch.device, vector: bool = False) -
     image networks on a CPU with native bf16, where together they doubled GLO's images/s; off on
     other CPUs and on CUDA, where they have not been timed (set them explicitly there), and for
     vector data (2-D mixtures: small MLPs gain nothing, and bf16 would round points 0.4% apart).
-    Explicit values are kept."""
+    Explicit values are kept, except channels_last, which vector data (no convolutions) never takes."""
     fast = device.type == "cpu" and not vector and native_bf16_cpu()
     return dataclasses.replace(
         perf, amp=("bf16" if fast else "none") if perf.amp == "auto" else perf.amp,
-        channels_last=fast if perf.channels_last is None else perf.channels_last,
+        channels_last=(fast if perf.channels_last is None else perf.channels_last) and not vector,
         fused_adam=fast if perf.fused_adam is None else perf.fused_adam)
 
 

@@ -197,16 +197,17 @@ def train_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GAN
 def _setup_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run]) -> _GANState:
     """Both networks and optimisers, restored from run's checkpoint with the diagnostics logged so far."""
     device = data.images.device
-    n, gc, pc = len(data), cfg.gan, resolve_perf(cfg.perf, device, data.is_vector)  # GLO's speed switches, so the race is even
+    # GLO's speed switches (perf.compile aside), so the race is even
+    n, gc, pc = len(data), cfg.gan, resolve_perf(cfg.perf, device, data.is_vector)
     torch.manual_seed(cfg.seed)  # module initialisation is the only user of the global RNG
     rng = torch.Generator().manual_seed(cfg.seed)  # batch order, noise, penalty interpolates
     G = build_generator(cfg, data.shape).to(device)
     D = build_discriminator(cfg, data.shape).to(device)
-    if pc.channels_last and not data.is_vector:
+    if pc.channels_last:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
-    opt_g = torch.optim.Adam(G.parameters(), lr=gc.lr_generator, betas=(gc.beta1, gc.beta2), fused=pc.fused_adam or None)
-    opt_d = torch.optim.Adam(D.parameters(), lr=gc.lr_discriminator, betas=(gc.beta1, gc.beta2),
-                             fused=pc.fused_adam or None)
+    betas, fused = (gc.beta1, gc.beta2), pc.fused_adam or None
+    opt_g = torch.optim.Adam(G.parameters(), lr=gc.lr_generator, betas=betas, fused=fused)
+    opt_d = torch.optim.Adam(D.parameters(), lr=gc.lr_discriminator, betas=betas, fused=fused)
     state = {"generator": G, "discriminator": D, "opt_g": opt_g, "opt_d": opt_d}
     start, extra = run.load_stage("gan", state, rng, device) if run else (0, {})
     if start:

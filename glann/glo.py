@@ -156,7 +156,7 @@ def _setup_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run]) -> _GLOState
     torch.manual_seed(cfg.seed)  # module initialisation is the only user of the global RNG
     rng = torch.Generator().manual_seed(cfg.seed)  # code init and batch order
     G = build_generator(cfg, data.shape).to(device)
-    if pc.channels_last and not data.is_vector:
+    if pc.channels_last:
         G = G.to(memory_format=torch.channels_last)
     # Each step touches batch_size rows of an N-row table; RowAdam updates only those.
     codes = nn.Embedding(n_local, cfg.model.nz).to(device).requires_grad_(False)

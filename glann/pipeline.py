@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -90,7 +91,8 @@ def _log_perf(cfg: GlannConfig, device: torch.device, vector: bool) -> None:
     """One line saying which speed switches train this run (perf.* auto decides per machine)."""
     p = resolve_perf(cfg.perf, device, vector)
     on = [name for name, flag in (("bf16 autocast", p.amp == "bf16"), ("channels_last", p.channels_last),
-                                  ("fused Adam", p.fused_adam), ("torch.compile", p.compile)) if flag]
+                                  ("fused Adam", p.fused_adam), ("torch.compile", p.compile and cfg.method == "glann"))
+          if flag]
     tqdm.write(f"glann: speed switches on: {', '.join(on) or 'none'} (perf.*; auto turns bf16, channels_last and "
                f"fused Adam on for images on a CPU with native bf16)", file=sys.stderr)
 
@@ -128,7 +130,9 @@ def train(cfg: Union[GlannConfig, str, Path], resume: bool = False, run_dir: Opt
     cfg = run.cfg
     try:
         data = load_dataset(cfg.data, device, seed=cfg.seed)
-        run.set_config(with_class_counts(cfg, data))  # conditional runs: the classes, from the labels
+        cfg = with_class_counts(cfg, data)  # conditional runs: the classes, from the labels
+        # The speed switches this machine turns on, recorded as such: a resume elsewhere keeps them.
+        run.set_config(dataclasses.replace(cfg, perf=resolve_perf(cfg.perf, device, data.is_vector)))
         cfg = run.cfg
         if run.is_main:
             _log_perf(cfg, device, data.is_vector)

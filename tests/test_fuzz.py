@@ -25,9 +25,10 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 KEYS = ["seed", "name", "glo.epochs", "glo.lr_codes", "glo.loss", "imle.samples_per_point", "data.limit",
         "data.image_size", "model.mapper_hidden", "imle.knn_backend", "data.channels", "device", "glo.epoch",
-        "nope", "model", "glo", "data.source"]
+        "nope", "model", "glo", "data.source", "perf.amp", "perf.channels_last", "perf.fused_adam", "perf"]
 VALUES = st.one_of(st.integers(-5, 10**6).map(str), st.floats(allow_nan=True).map(str),
-                   st.sampled_from(["lap1", "vgg", "true", "null", "[1,2]", "[]", "{}", "abc", "", "'x'", "${oops}"]),
+                   st.sampled_from(["lap1", "vgg", "true", "null", "auto", "bf16", "[1,2]", "[]", "{}", "abc", "",
+                                    "'x'", "${oops}"]),
                    st.text(max_size=12))
 
 

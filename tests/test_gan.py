@@ -33,10 +33,16 @@ def _finite(result) -> bool:
     return all(math.isfinite(v) for h in result.history for v in h.values())
 
 
+# The speed switches `auto` turns on for images on a CPU with native bf16 (the race runs with them).
+PERF_ON = ("perf.amp=bf16", "perf.channels_last=true", "perf.fused_adam=true")
+PERF = pytest.mark.parametrize("perf", [(), PERF_ON], ids=["fp32", "bf16"])
+
+
+@PERF
 @pytest.mark.parametrize("loss", ["minimax", "nonsaturating", "lsgan", "wgan-gp", "hinge"])
-def test_each_gan_loss_trains_with_finite_losses(tiny, loss):
+def test_each_gan_loss_trains_with_finite_losses(tiny, loss, perf):
     extra = ("gan.d_batch_norm=false",) if loss == "wgan-gp" else ()
-    cfg = tiny(*GAN_TINY, f"gan.loss={loss}", *extra)
+    cfg = tiny(*GAN_TINY, f"gan.loss={loss}", *extra, *perf)
     result = train_gan(load_dataset(cfg.data, seed=cfg.seed), cfg)
     assert result.g_steps == 4 and _finite(result)
 
@@ -46,26 +52,34 @@ def test_each_gan_loss_trains_with_finite_losses(tiny, loss):
     ("gan.r1_gamma=10", "gan.d_batch_norm=false"), ("gan.feature_matching=1.0",), ("gan.n_critic=2",),
     ("gan.lr_discriminator=0.0004", "gan.lr_generator=0.0001"),
 ], ids=lambda s: s[0].split("=")[0])
-def test_each_stabiliser_trains_with_finite_losses(tiny, switch):
-    cfg = tiny(*GAN_TINY, *switch)
+@PERF
+def test_each_stabiliser_trains_with_finite_losses(tiny, switch, perf):
+    cfg = tiny(*GAN_TINY, *switch, *perf)
     result = train_gan(load_dataset(cfg.data, seed=cfg.seed), cfg)
     assert result.g_steps == (2 if "gan.n_critic=2" in switch else 4) and _finite(result)
 
 
-def test_gan_takes_glos_perf_switches_and_trains_like_fp32(tiny):
+def test_gan_takes_glos_perf_switches_and_trains_like_fp32(tiny, monkeypatch):
     # The race is even only if the GAN baseline gets the speed switches GLO gets.
     cfg = tiny(*GAN_TINY, "gan.epochs=2")
     data = load_dataset(cfg.data, seed=cfg.seed)
     base = train_gan(data, cfg)
-    fast = train_gan(data, tiny(*GAN_TINY, "gan.epochs=2", "perf.amp=bf16", "perf.channels_last=true",
-                                "perf.fused_adam=true"))
+    autocasts, real_autocast = [], torch.autocast
+
+    def spy(device_type, dtype=None, enabled=True, **kw):
+        autocasts.append((dtype, enabled))
+        return real_autocast(device_type, dtype, enabled=enabled, **kw)
+
+    monkeypatch.setattr(torch, "autocast", spy)
+    fast = train_gan(data, tiny(*GAN_TINY, "gan.epochs=2", *PERF_ON))
+    assert autocasts and all(a == (torch.bfloat16, True) for a in autocasts)
     assert fast.g_steps == base.g_steps and _finite(fast)
     # Same initialisation and batches: the diagnostics and weights differ only by bf16 rounding.
     for epoch in range(2):
         for key in ("g_grad_norm", "diversity_ratio"):
             assert abs(fast.history[epoch][key] - base.history[epoch][key]) < 0.05 * abs(base.history[epoch][key])
     a, b = (torch.cat([p.detach().reshape(-1) for p in r.generator.parameters()]) for r in (base, fast))
-    assert 0 < (a - b).norm() < 0.02 * a.norm()  # bf16 did run, and only rounded
+    assert 0 < (a - b).norm() < 0.02 * a.norm()  # the switches changed the arithmetic, only by rounding
     conv = [p for p in fast.discriminator.parameters() if p.dim() == 4]
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in conv)
     assert any(not p.is_contiguous() for p in conv)  # (a 1-channel kernel is both layouts at once)
