@@ -148,7 +148,9 @@ def main() -> int:
         rows.append((what, value, note))
         print(f"  {what}: {value}  {note}", file=sys.stderr, flush=True)
 
-    cfg = load_config(ROOT / "configs" / "fashion_mnist.yaml", [f"device={args.device}"])
+    # fp32, no speed switches: the rows stay comparable across machines and with earlier tables
+    # (the switches' own gains are --perf's table)
+    cfg = load_config(ROOT / "configs" / "fashion_mnist.yaml", [f"device={args.device}", *PERF_OFF.split()])
     steps = 4 if args.quick else 12
     try:
         data = load_dataset(cfg.data, device)
@@ -166,7 +168,7 @@ def main() -> int:
         return write_table(args, rows, device, "")
 
     lap = glo_throughput(cfg, sub(128 * steps * 3), "lap1")
-    row("GLO lap1, images/s", f"{lap:.0f}", f"{data_note}, batch 128, nz 64, 6.6 M-param generator")
+    row("GLO lap1, images/s", f"{lap:.0f}", f"{data_note}, batch 128, nz 64, 6.6 M-param generator, fp32 (perf.* off)")
     ops, waits = glo_ops_per_step(cfg, data)
     row("GLO lap1, ops dispatched per step", f"{ops:.0f}",
         f"of which {waits:.0f} wait for the device (sizes read back: coalesce, sparse_mask, nonzero, unique)")
@@ -261,9 +263,8 @@ def perf_rows(args, data, row) -> None:
     """GLO lap1 images/s with each perf switch against all off; the baseline is timed before and
     after the switches (their mean is the denominator, their spread the noise). Then the GAN
     baseline's loop (it takes the same switches) with all of them off and on."""
-    def config(overrides: str):
-        return load_config(ROOT / "configs" / "fashion_mnist.yaml", [f"device={args.device}", *PERF_OFF.split(),
-                                                                     *overrides.split()])
+    def config(overrides: str, yaml: str = "fashion_mnist.yaml"):
+        return load_config(ROOT / "configs" / yaml, [f"device={args.device}", *PERF_OFF.split(), *overrides.split()])
 
     def measure(overrides: str) -> float:
         return glo_throughput(config(overrides), data, "lap1", epochs=3 if "compile" in overrides else 2)
@@ -277,9 +278,8 @@ def perf_rows(args, data, row) -> None:
     for label, overrides, value in results:
         note = "last of 3 epochs (compiling is in the first)" if "compile" in overrides else ""
         row(f"GLO lap1, {label} (`{overrides}`), images/s", f"{value:.0f}", f"{value / base:.2f}x of all off. {note}")
-    gan_config = lambda o: load_config(ROOT / "configs" / "gan_fashion_mnist.yaml",  # noqa: E731
-                                       [f"device={args.device}", *PERF_OFF.split(), *o.split()])
-    off, on = gan_throughput(gan_config(""), data), gan_throughput(gan_config(PERF_ALL), data)
+    gan = "gan_fashion_mnist.yaml"
+    off, on = gan_throughput(config("", gan), data), gan_throughput(config(PERF_ALL, gan), data)
     row("GAN (DCGAN) loop, all perf switches off, images/s", f"{off:.0f}", "the same switches apply to G and D")
     row(f"GAN (DCGAN) loop, `{PERF_ALL}`, images/s", f"{on:.0f}", f"{on / off:.2f}x of all off")
 

@@ -12,12 +12,12 @@ a mean shift, inwards). The "mirror" terms subtract the same pull made by the ma
     far (wq):      only the codes whose nearest sample lies above this quantile of distances pull
     phi:           the distance law of every pull and push (sq: squared, lin, log)
 
-Each variant trains for --seconds (after the mixture's fit, which is cached in RUN/prior.pt) and is
+Each variant trains for --seconds (after the mixture's fit, cached in RUN/prior_<K>c_seed<S>.pt) and is
 scored by the domain protocol (5,000 samples against 5,000 test images), with latent spreads:
 own = nearest-neighbour distance within 10,000 samples against 10,000 others, c->s / s->c between
 20,000 training codes and 20,000 samples.
 
-    python scripts/imle_mirror_study.py runs/race600_s19/glann_s0 --seconds 150 "wf=0" "wf=1,wr=1" "wq=0.5" "lr=0.0001"
+    python scripts/imle_mirror_study.py runs/s19/glann_s0 --seconds 150 "wf=0" "wf=1,wr=1" "wq=0.5" "lr=0.0001"
 """
 from __future__ import annotations
 
@@ -29,16 +29,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
-from glann.checkpoints import load_checkpoint
-from glann.config import config_from_dict
-from glann.data import Dataset
-from glann.evaluate.classifier import domain_classifier
-from glann.evaluate.suite import _subset, evaluate, reference_data
+from _variants import load_fixed_run
+
+from glann.checkpoints import load_checkpoint, save_checkpoint
+from glann.evaluate.suite import evaluate
 from glann.imle import map_noise
 from glann.knn import nearest
-from glann.nets import build_generator, build_mapper, sphere
+from glann.nets import build_mapper, sphere
 from glann.sampler import Sampler
 
 DISTANCE = {  # phi: the per-row distance law, averaged over a batch
@@ -102,21 +100,15 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=150.0)
     args = p.parse_args()
     run = Path(args.run)
-    cfg = config_from_dict(OmegaConf.to_container(OmegaConf.load(run / "config.yaml")))
-    ck = load_checkpoint(run / "checkpoints" / "glo.pt")
-    codes = sphere(ck["codes"]["weight"].float())
-    ref, train_set, test_set = reference_data(cfg.data, "test")
-    G = build_generator(cfg, tuple(train_set.images.shape[1:]))
-    G.load_state_dict(ck["generator"])
-    G.eval()
-    reference = Dataset(_subset(ref.images, 5000, 1), _subset(ref.labels, 5000, 1), ref.name)
-    clf = domain_classifier(train_set, test_set)
+    fixed = load_fixed_run(run, 5000)
+    cfg, codes, G, reference, clf = fixed.cfg, fixed.codes, fixed.generator, fixed.reference, fixed.classifier
     start = build_mapper(cfg)  # model.mapper_prior=mixture: fitted once, cached beside the run
-    if (run / "prior.pt").exists():
-        start.prior.load_state_dict(torch.load(run / "prior.pt"))
+    cache = run / f"prior_{start.prior.components}c_seed{cfg.seed}.pt"  # (not a checkpoint of the run)
+    if cache.exists():
+        start.prior.load_state_dict(load_checkpoint(cache))
     else:
         start.prior.fit(codes, seed=cfg.seed)
-        torch.save(start.prior.state_dict(), run / "prior.pt")
+        save_checkpoint(start.prior.state_dict(), cache)
     held = codes[torch.randperm(len(codes), generator=torch.Generator().manual_seed(5))[:20000]]
     spread = lambda a, b: nn1(a, b)[0].mean().item()  # noqa: E731
     for spec in args.variants:

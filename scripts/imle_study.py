@@ -19,17 +19,12 @@ from pathlib import Path
 
 import torch
 
-from _variants import emit, parse_variant
+from _variants import emit, load_fixed_run, parse_variant
 
 from glann.config import config_from_dict
-from glann.evaluate.classifier import domain_classifier
 from glann.evaluate.latent import baseline_images
-from glann.evaluate.suite import _subset, evaluate, reference_data
-from glann.data import Dataset
+from glann.evaluate.suite import evaluate
 from glann.imle import train_imle
-from glann.nets import sphere
-from glann.checkpoints import load_checkpoint
-from glann.nets import build_generator
 from glann.sampler import Sampler
 from omegaconf import OmegaConf
 
@@ -44,16 +39,9 @@ def main() -> int:
     p.add_argument("--out", help="append the table (Markdown) to this file")
     args = p.parse_args()
     run = Path(args.run)
-    base_cfg = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))
-    ck = load_checkpoint(run / "checkpoints" / "glo.pt")
-    codes = sphere(ck["codes"]["weight"].float())
-    cfg0 = config_from_dict(base_cfg)
-    ref, train, test = reference_data(cfg0.data, "test")
-    G = build_generator(cfg0, tuple(train.images.shape[1:]))
-    G.load_state_dict(ck["generator"])
-    G.eval()
-    reference = Dataset(_subset(ref.images, args.num_samples, 1), _subset(ref.labels, args.num_samples, 1), ref.name)
-    clf = domain_classifier(train, test)
+    fixed = load_fixed_run(run, args.num_samples)
+    base_cfg, cfg0, codes, G = fixed.raw, fixed.cfg, fixed.codes, fixed.generator
+    reference, clf = fixed.reference, fixed.classifier
     rows = []
     if args.baselines:
         s = Sampler(G, None, cfg0, "cpu")
