@@ -215,7 +215,8 @@ class IMLEConfig:
     max_seconds: Optional[float] = resumable(None)  # budget: stop IMLE after this many seconds of training, as glo.max_seconds
     # The split of a whole-method budget (top-level max_seconds): IMLE is given the time of
     # budget_epochs epochs, measured by a probe before GLO starts (glann.imle.epoch_seconds_estimate),
-    # but at most budget_max_share of the budget; GLO gets the rest, and IMLE whatever GLO leaves.
+    # plus the mixture start's estimated fit (model.mapper_prior=mixture), but at most
+    # budget_max_share of the budget; GLO gets the rest, and IMLE whatever GLO leaves.
     budget_epochs: int = 25
     budget_max_share: float = 0.4
 

@@ -20,7 +20,7 @@ from .devices import resolve_device, resolve_perf
 from .gan import train_gan
 from .glo import train_glo
 from .imle import epoch_seconds_estimate, train_imle
-from .nets import grid_classes, grid_row
+from .nets import build_mapper, grid_classes, grid_row
 from .runs import Run
 from .sampler import Sampler
 
@@ -29,8 +29,9 @@ def stage_budgets(cfg: GlannConfig, n: int, device: torch.device, glo_seconds: O
     """The per-stage budgets a whole-method `max_seconds` implies (a copy of cfg; cfg unchanged).
 
     GAN: gan.max_seconds. GLANN, before GLO (glo_seconds None): GLO gets max_seconds minus IMLE's
-    part, the measured time of imle.budget_epochs epochs at most imle.budget_max_share of the
-    budget (glann.imle.epoch_seconds_estimate). After GLO: IMLE gets what GLO left, so the two
+    part, the measured time of imle.budget_epochs epochs plus, with the mixture start, its fit's
+    estimated time, at most imle.budget_max_share of the budget (glann.imle.epoch_seconds_estimate,
+    MixturePrior.fit_seconds_estimate). After GLO: IMLE gets what GLO left, so the two
     stages together train for max_seconds. A stage's own max_seconds, when set, wins.
     The plan is recomputed on a resume (the probe is re-measured), and logged once by rank 0.
     """
@@ -49,14 +50,17 @@ def stage_budgets(cfg: GlannConfig, n: int, device: torch.device, glo_seconds: O
             else:
                 t0 = time.perf_counter()
                 epoch = d.sum(epoch_seconds_estimate(-(-n // d.world), cfg, device)) / d.world  # one plan on every rank
+                # The mixture start's fit (rank 0, all codes) is IMLE's time too: planned, so its epochs still run.
+                mixture = build_mapper(cfg).prior if cfg.model.mapper_prior == "mixture" else None
+                fit = d.sum(mixture.fit_seconds_estimate(n) if mixture is not None else 0.0) / d.world
                 probe = time.perf_counter() - t0  # charged to GLO: the budget covers all training work
-                imle = min(cfg.imle.budget_max_share * total, cfg.imle.budget_epochs * epoch) + probe
+                imle = min(cfg.imle.budget_max_share * total, cfg.imle.budget_epochs * epoch + fit) + probe
                 if d.is_main:
-                    fit = ("; the mixture's fit (model.mapper_prior=mixture) comes out of IMLE's part"
-                           if cfg.model.mapper_prior == "mixture" else "")
-                    tqdm.write(f"glann: max_seconds={total:g}: an IMLE epoch measures {epoch:.1f} s here, so IMLE gets "
-                               f"{imle:.0f} s ({imle / epoch:.0f} epochs) and GLO the other {total - imle:.0f} s{fit}",
-                               file=sys.stderr)
+                    fitted = f" and the mixture's fit about {fit:.0f} s" if mixture is not None else ""
+                    epochs = (imle - probe - fit) / epoch
+                    tqdm.write(f"glann: max_seconds={total:g}: an IMLE epoch measures {epoch:.1f} s here{fitted}, so "
+                               f"IMLE gets {imle:.0f} s ({max(epochs, 0):.0f} epochs) and GLO the other "
+                               f"{total - imle:.0f} s", file=sys.stderr)
             cfg.glo.max_seconds = max(total - imle, 1e-3)
         return cfg
     if cfg.imle.max_seconds is None:

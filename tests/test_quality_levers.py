@@ -118,6 +118,23 @@ def test_max_seconds_bounds_a_whole_glann_run_and_exports_it(tiny, capsys):
     assert "max_seconds=4: an IMLE epoch measures" in capsys.readouterr().err
 
 
+def test_a_budget_plans_the_mixture_fit_into_imles_part(tiny, monkeypatch):
+    import glann.pipeline as pipeline
+    from glann.nets import MixturePrior, build_mapper
+
+    real = build_mapper(tiny("model.mapper_prior=mixture")).prior.fit_seconds_estimate(2000)
+    assert 0 < real < 60  # a real 2-iteration EM probe, scaled
+    monkeypatch.setattr(pipeline, "epoch_seconds_estimate", lambda *a: 1.0)
+    monkeypatch.setattr(MixturePrior, "fit_seconds_estimate", lambda self, n: 30.0)
+    glo = {prior: pipeline.stage_budgets(tiny("max_seconds=1000", f"model.mapper_prior={prior}"), 2000,
+                                         torch.device("cpu")).glo.max_seconds for prior in ("gaussian", "mixture")}
+    # IMLE's part: 25 epochs of 1 s, plus the fit's 30 s with the mixture start (and the probe's own time)
+    assert 1000 - 25 - 1 < glo["gaussian"] <= 1000 - 25
+    assert 1000 - 55 - 1 < glo["mixture"] <= 1000 - 55
+    capped = pipeline.stage_budgets(tiny("max_seconds=100", "model.mapper_prior=mixture"), 2000, torch.device("cpu"))
+    assert 60 - 1 < capped.glo.max_seconds <= 60  # at most imle.budget_max_share (40%), the fit included
+
+
 def test_max_seconds_is_a_gan_runs_budget(tiny):
     cfg = tiny("method=gan", "gan.epochs=100000", "max_seconds=2", "sample_every=100000", "checkpoint_every=100000",
                "data.limit=64")
