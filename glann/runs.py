@@ -237,15 +237,16 @@ class Run:
 def _load_optimizer(opt: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
     """opt.load_state_dict(saved), keeping the kernel this run built opt with and its weights' layout.
 
-    load_state_dict restores the saved groups' `fused`/`foreach` flags, so a resume that sets
-    perf.fused_adam would silently run the old kernel; and it keeps the layout the moments were
+    load_state_dict restores the saved groups' `fused`/`foreach`/`capturable` flags (and places
+    Adam's step counts by them), so a resume that sets perf.fused_adam would silently run the old
+    kernel; and it keeps the layout the moments were
     saved in, while fused Adam walks weights, grads and moments by raw memory position: moments
     saved with perf.channels_last off and loaded into channels_last weights (or the reverse) would
     be updated element-for-wrong-element. Each moment takes its weight's layout instead."""
-    kernels = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in opt.param_groups]
-    opt.load_state_dict(saved)
-    for group, kernel in zip(opt.param_groups, kernels):
-        group.update(kernel)
+    kernels = [{k: g[k] for k in ("fused", "foreach", "capturable") if k in g} for g in opt.param_groups]
+    # Into the saved groups before loading: torch places each step count (host or device) by them.
+    opt.load_state_dict({**saved, "param_groups": [{**g, **k} for g, k in zip(saved["param_groups"], kernels)]})
+    for group in opt.param_groups:
         for p in group["params"]:
             for key, v in opt.state.get(p, {}).items():
                 if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():

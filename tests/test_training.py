@@ -125,6 +125,19 @@ def test_training_records_the_switches_it_resolved(tiny, tmp_path, monkeypatch):
     assert (saved.amp, saved.channels_last, saved.fused_adam) == ("bf16", True, True)
 
 
+def test_a_loaded_optimiser_keeps_the_kernel_it_was_built_with():
+    from glann.runs import _load_optimizer
+
+    w = torch.nn.Parameter(torch.ones(3))
+    plain = torch.optim.Adam([w], lr=0.1)
+    w.grad = torch.ones(3)
+    plain.step()
+    fused = torch.optim.Adam([w], lr=0.1, fused=True)
+    _load_optimizer(fused, plain.state_dict())
+    assert fused.param_groups[0]["fused"] and fused.state[w]["exp_avg"].shape == (3,)
+    assert not plain.param_groups[0]["fused"]  # the saved groups are not changed
+
+
 def test_a_resume_that_changes_the_layout_under_fused_adam_steps_as_plain_adam_does(tiny, tmp_path):
     import shutil
 
