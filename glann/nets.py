@@ -90,8 +90,10 @@ def _shift(module: nn.Module, z: torch.Tensor, labels: Optional[torch.Tensor]) -
 
 
 MIXTURE_MAX_CODES = 20000  # MixturePrior.fit's sample of the codes
-# EM iterations a mixture fit to GLO codes took (34 and 47 on 10,000 and 20,000 Fashion-MNIST codes)
-FIT_ITERATIONS = 40
+# A real fit's EM time over the 2-iteration probe's, calibrated on the 2-core EPYC: real fits to
+# Fashion-MNIST codes ran 34-47 iterations (15-22 s at 10,000 codes, 44-52 s at 60,000), the probe
+# (which also runs a first M-step and a last E-step, on random unit vectors) 1.4-2.8 s
+FIT_SCALE = 20
 PRIOR_ROWS = 1024  # rows per batched matmul of MixturePrior: 16 MB of gathered factors at nz 64
 
 
@@ -122,8 +124,8 @@ class MixturePrior(nn.Module):
 
     def fit_seconds_estimate(self, n: int, max_codes: int = MIXTURE_MAX_CODES) -> float:
         """Seconds `fit` will take on n codes here, timed on random unit vectors of the same size:
-        the k-means start once, and 2 EM iterations scaled to FIT_ITERATIONS. Used to plan a time
-        budget before GLO has made the codes."""
+        the k-means start once, and a 2-iteration EM scaled by FIT_SCALE. Used to plan a time
+        budget before GLO has made the codes; a plan, not a promise (it erred by -10% to +60%)."""
         import warnings
 
         from sklearn.cluster import KMeans
@@ -137,7 +139,7 @@ class MixturePrior(nn.Module):
         with warnings.catch_warnings():  # "did not converge": two iterations are all it is asked for
             warnings.simplefilter("ignore")
             em.set_params(init_params="random_from_data").fit(rows)
-        return (t1 - t0) + (time.perf_counter() - t1) * FIT_ITERATIONS / 2
+        return (t1 - t0) + (time.perf_counter() - t1) * FIT_SCALE
 
     @torch.no_grad()
     def fit(self, codes: torch.Tensor, seed: int = 0, max_codes: int = MIXTURE_MAX_CODES) -> None:

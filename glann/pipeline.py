@@ -52,7 +52,8 @@ def stage_budgets(cfg: GlannConfig, n: int, device: torch.device, glo_seconds: O
                 epoch = d.sum(epoch_seconds_estimate(-(-n // d.world), cfg, device)) / d.world  # one plan on every rank
                 # The mixture start's fit (rank 0, all codes) is IMLE's time too: planned, so its epochs still run.
                 mixture = build_mapper(cfg).prior if cfg.model.mapper_prior == "mixture" else None
-                fit = d.sum(mixture.fit_seconds_estimate(n) if mixture is not None else 0.0) / d.world
+                # rank 0 alone fits (imle._fit_prior), so it alone times the fit; the others wait here
+                fit = d.sum(mixture.fit_seconds_estimate(n) if mixture is not None and d.is_main else 0.0)
                 probe = time.perf_counter() - t0  # charged to GLO: the budget covers all training work
                 imle = min(cfg.imle.budget_max_share * total, cfg.imle.budget_epochs * epoch + fit) + probe
                 if d.is_main:
@@ -61,6 +62,11 @@ def stage_budgets(cfg: GlannConfig, n: int, device: torch.device, glo_seconds: O
                     tqdm.write(f"glann: max_seconds={total:g}: an IMLE epoch measures {epoch:.1f} s here{fitted}, so "
                                f"IMLE gets {imle:.0f} s ({max(epochs, 0):.0f} epochs) and GLO the other "
                                f"{total - imle:.0f} s", file=sys.stderr)
+                    if mixture is not None and epochs < 1:
+                        tqdm.write(f"glann: warning: the mixture's fit fills IMLE's part of max_seconds={total:g} "
+                                   f"(at most imle.budget_max_share={cfg.imle.budget_max_share:g} of it), so IMLE "
+                                   f"will train no epoch and the run will overrun; raise max_seconds or "
+                                   f"imle.budget_max_share, or set model.mapper_prior=gaussian", file=sys.stderr)
             cfg.glo.max_seconds = max(total - imle, 1e-3)
         return cfg
     if cfg.imle.max_seconds is None:

@@ -118,7 +118,7 @@ def test_max_seconds_bounds_a_whole_glann_run_and_exports_it(tiny, capsys):
     assert "max_seconds=4: an IMLE epoch measures" in capsys.readouterr().err
 
 
-def test_a_budget_plans_the_mixture_fit_into_imles_part(tiny, monkeypatch):
+def test_a_budget_plans_the_mixture_fit_into_imles_part(tiny, monkeypatch, capsys):
     import glann.pipeline as pipeline
     from glann.nets import MixturePrior, build_mapper
 
@@ -133,6 +133,10 @@ def test_a_budget_plans_the_mixture_fit_into_imles_part(tiny, monkeypatch):
     assert 1000 - 55 - 1 < glo["mixture"] <= 1000 - 55
     capped = pipeline.stage_budgets(tiny("max_seconds=100", "model.mapper_prior=mixture"), 2000, torch.device("cpu"))
     assert 60 - 1 < capped.glo.max_seconds <= 60  # at most imle.budget_max_share (40%), the fit included
+    assert "warning" not in capsys.readouterr().err
+    pipeline.stage_budgets(tiny("max_seconds=60", "model.mapper_prior=mixture"), 2000, torch.device("cpu"))
+    err = capsys.readouterr().err  # 30 s of fit in a 24 s part: no IMLE epoch, said so with the way out
+    assert "(0 epochs)" in err and "IMLE will train no epoch" in err and "model.mapper_prior=gaussian" in err
 
 
 def test_max_seconds_is_a_gan_runs_budget(tiny):
