@@ -122,6 +122,10 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
     losses: list[float] = []
     throughput: list[float] = []
     grid_idx = torch.arange(min(cfg.grid_size, len(s.images)), device=s.images.device)
+    # The split of a whole-method max_seconds GLO trains under, kept so a resume keeps it (pipeline.train)
+    plan = {} if cfg.max_seconds is None or gc.max_seconds is None else {
+        "plan_total": torch.tensor(float(cfg.max_seconds), dtype=torch.float64),
+        "plan_glo": torch.tensor(float(gc.max_seconds), dtype=torch.float64)}
     for epoch, bar in epoch_loop("GLO", s.start, gc.epochs, s.budget):
         t0 = time.perf_counter()
         tracker, done = _glo_epoch(s, cfg, epoch, run)
@@ -136,7 +140,7 @@ def train_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GLO
         record = dict(loss=mean, skipped_batches=tracker.skipped, lr_codes=s.opt_z.param_groups[0]["lr"],
                       lr_generator=s.opt_g.param_groups[0]["lr"], images_per_s=throughput[-1], seconds=s.budget.spent)
         end_of_epoch(run, "glo", epoch, gc.epochs, stop, cfg.sample_every, cfg.checkpoint_every, record,
-                     save=lambda: run.save_stage("glo", epoch, s.state, s.rng, extra=s.budget.state()),
+                     save=lambda: run.save_stage("glo", epoch, s.state, s.rng, {**s.budget.state(), **plan}),
                      grids=lambda: _save_glo_grids(s.G, s.codes.weight.detach(), s.images, grid_idx, cfg.seed,
                                                    run, epoch))
         if stop:

@@ -16,6 +16,7 @@ from .distributed import current as current_dist
 from .distributed import init_from_env
 from .errors import ConfigError
 from .data import CLASS_NAMES, Dataset, load_dataset
+from .checkpoints import load_checkpoint
 from .devices import resolve_device, resolve_perf
 from .gan import train_gan
 from .glo import train_glo
@@ -71,6 +72,21 @@ def stage_budgets(cfg: GlannConfig, n: int, device: torch.device, glo_seconds: O
         return cfg
     if cfg.imle.max_seconds is None:
         cfg.imle.max_seconds = max(total - glo_seconds, 1e-3)  # what GLO left (GLO may end early on its epochs)
+    return cfg
+
+
+def _kept_plan(cfg: GlannConfig, run: Run) -> GlannConfig:
+    """cfg with glo.max_seconds from the split GLO has trained under, when it was made for this same
+    max_seconds: a resume keeps the plan rather than re-measuring it (a noisier probe could give GLO
+    more time, reopen it and so retire IMLE's checkpoint). A new max_seconds is planned afresh."""
+    f = run.checkpoint_path("glo")
+    if cfg.max_seconds is None or cfg.glo.max_seconds is not None or not f.is_file():
+        return cfg
+    extra = load_checkpoint(f, mmap=True).get("extra", {})
+    if "plan_total" not in extra or float(extra["plan_total"]) != float(cfg.max_seconds):
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    cfg.glo.max_seconds = float(extra["plan_glo"])
     return cfg
 
 
@@ -149,7 +165,7 @@ def train(cfg: Union[GlannConfig, str, Path], resume: bool = False, run_dir: Opt
         if cfg.method == "gan":  # the adversarial baseline: same generator, no mapper
             generator, mapper = train_gan(data, stage_budgets(cfg, len(data), device), run).generator, None
         else:
-            glo = train_glo(data, stage_budgets(cfg, len(data), device), run)
+            glo = train_glo(data, stage_budgets(_kept_plan(cfg, run), len(data), device), run)
             # IMLE fitted to the codes of fewer GLO epochs (a resume that lengthened GLO) starts again.
             run.retire_stage("imle", "codes_epoch", glo.epochs_done, default=bool(glo.losses))
             labels = data.labels[d.shard(len(data), device)] if cfg.model.class_counts else None  # the codes' classes

@@ -118,6 +118,23 @@ def test_max_seconds_bounds_a_whole_glann_run_and_exports_it(tiny, capsys):
     assert "max_seconds=4: an IMLE epoch measures" in capsys.readouterr().err
 
 
+def test_a_resume_keeps_the_budget_plan_it_was_trained_under(tiny, monkeypatch):
+    import glann.pipeline as pipeline
+
+    cfg = tiny("glo.epochs=100000", "imle.epochs=100000", "max_seconds=3", "sample_every=100000",
+               "checkpoint_every=100000", "data.limit=64")
+    run_dir = train(cfg)
+    glo_epochs = len([r for r in Run(run_dir, cfg).read_metrics() if r["stage"] == "glo"])
+    probes = []
+    # A probe that would now give GLO nearly all the time: a re-plan would reopen GLO.
+    monkeypatch.setattr(pipeline, "epoch_seconds_estimate", lambda *a: probes.append(a) or 1e-3)
+    train(cfg, resume=True, run_dir=run_dir)
+    assert not probes  # the saved plan, not a new probe
+    assert len([r for r in Run(run_dir, cfg).read_metrics() if r["stage"] == "glo"]) == glo_epochs
+    train(cfg, resume=True, run_dir=run_dir, overrides=["max_seconds=3.5"])
+    assert probes  # a new budget is planned afresh
+
+
 def test_a_budget_plans_the_mixture_fit_into_imles_part(tiny, monkeypatch, capsys):
     import glann.pipeline as pipeline
     from glann.nets import MixturePrior, build_mapper
