@@ -21,7 +21,7 @@ from .devices import resolve_device, resolve_perf
 from .gan import train_gan
 from .glo import train_glo
 from .imle import epoch_seconds_estimate, train_imle
-from .nets import build_mapper, grid_classes, grid_row
+from .nets import MixturePrior, grid_classes, grid_row
 from .runs import Run
 from .sampler import Sampler
 
@@ -34,7 +34,8 @@ def stage_budgets(cfg: GlannConfig, n: int, device: torch.device, glo_seconds: O
     estimated time, at most imle.budget_max_share of the budget (glann.imle.epoch_seconds_estimate,
     MixturePrior.fit_seconds_estimate). After GLO: IMLE gets what GLO left, so the two
     stages together train for max_seconds. A stage's own max_seconds, when set, wins.
-    The plan is recomputed on a resume (the probe is re-measured), and logged once by rank 0.
+    The plan is logged once by rank 0; a resume with the same max_seconds keeps the plan GLO
+    trained under (`_kept_plan`), a new max_seconds is planned afresh.
     """
     if cfg.max_seconds is None:
         return cfg
@@ -51,19 +52,20 @@ def stage_budgets(cfg: GlannConfig, n: int, device: torch.device, glo_seconds: O
             else:
                 t0 = time.perf_counter()
                 epoch = d.sum(epoch_seconds_estimate(-(-n // d.world), cfg, device)) / d.world  # one plan on every rank
-                # The mixture start's fit (rank 0, all codes) is IMLE's time too: planned, so its epochs still run.
-                mixture = build_mapper(cfg).prior if cfg.model.mapper_prior == "mixture" else None
-                # rank 0 alone fits (imle._fit_prior), so it alone times the fit; the others wait here
-                fit = d.sum(mixture.fit_seconds_estimate(n) if mixture is not None and d.is_main else 0.0)
+                # The mixture start's fit is IMLE's time too, planned so that its epochs still run; rank 0
+                # alone fits (imle._fit_prior), so it alone times the fit while the others wait here.
+                mixture = cfg.model.mapper_prior == "mixture"
+                prior = MixturePrior(cfg.model.mapper_prior_components, cfg.model.nz)
+                fit = d.sum(prior.fit_seconds_estimate(n) if mixture and d.is_main else 0.0)
                 probe = time.perf_counter() - t0  # charged to GLO: the budget covers all training work
                 imle = min(cfg.imle.budget_max_share * total, cfg.imle.budget_epochs * epoch + fit) + probe
                 if d.is_main:
-                    fitted = f" and the mixture's fit about {fit:.0f} s" if mixture is not None else ""
+                    fitted = f" and the mixture's fit about {fit:.0f} s" if mixture else ""
                     epochs = (imle - probe - fit) / epoch
                     tqdm.write(f"glann: max_seconds={total:g}: an IMLE epoch measures {epoch:.1f} s here{fitted}, so "
                                f"IMLE gets {imle:.0f} s ({max(epochs, 0):.0f} epochs) and GLO the other "
                                f"{total - imle:.0f} s", file=sys.stderr)
-                    if mixture is not None and epochs < 1:
+                    if mixture and epochs < 1:
                         tqdm.write(f"glann: warning: the mixture's fit fills IMLE's part of max_seconds={total:g} "
                                    f"(at most imle.budget_max_share={cfg.imle.budget_max_share:g} of it), so IMLE "
                                    f"will train no epoch and the run will overrun; raise max_seconds or "
@@ -113,9 +115,9 @@ def with_class_counts(cfg: GlannConfig, data: Dataset) -> GlannConfig:
     return cfg
 
 
-def _log_perf(cfg: GlannConfig, device: torch.device, vector: bool) -> None:
-    """One line saying which speed switches train this run (perf.* auto decides per machine)."""
-    p = resolve_perf(cfg.perf, device, vector)
+def _log_perf(cfg: GlannConfig) -> None:
+    """One line saying which speed switches train this run (cfg.perf as resolve_perf decided it)."""
+    p = cfg.perf
     on = [name for name, flag in (("bf16 autocast", p.amp == "bf16"), ("channels_last", p.channels_last),
                                   ("fused Adam", p.fused_adam), ("torch.compile", p.compile and cfg.method == "glann"))
           if flag]
@@ -161,7 +163,7 @@ def train(cfg: Union[GlannConfig, str, Path], resume: bool = False, run_dir: Opt
         run.set_config(dataclasses.replace(cfg, perf=resolve_perf(cfg.perf, device, data.is_vector)))
         cfg = run.cfg
         if run.is_main:
-            _log_perf(cfg, device, data.is_vector)
+            _log_perf(cfg)
         if cfg.method == "gan":  # the adversarial baseline: same generator, no mapper
             generator, mapper = train_gan(data, stage_budgets(cfg, len(data), device), run).generator, None
         else:

@@ -239,10 +239,10 @@ def _load_optimizer(opt: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
 
     load_state_dict restores the saved groups' `fused`/`foreach`/`capturable` flags (and places
     Adam's step counts by them), so a resume that sets perf.fused_adam would silently run the old
-    kernel; and it keeps the layout the moments were
-    saved in, while fused Adam walks weights, grads and moments by raw memory position: moments
-    saved with perf.channels_last off and loaded into channels_last weights (or the reverse) would
-    be updated element-for-wrong-element. Each moment takes its weight's layout instead."""
+    kernel; and it keeps the layout the moments were saved in, while fused Adam walks weights, grads
+    and moments by raw memory position: moments saved with perf.channels_last off and loaded into
+    channels_last weights (or the reverse) would be updated element-for-wrong-element. Each moment
+    takes its weight's layout instead."""
     kernels = [{k: g[k] for k in ("fused", "foreach", "capturable") if k in g} for g in opt.param_groups]
     # Into the saved groups before loading: torch places each step count (host or device) by them.
     opt.load_state_dict({**saved, "param_groups": [{**g, **k} for g, k in zip(saved["param_groups"], kernels)]})
