@@ -30,9 +30,9 @@ def stage_budgets(cfg: GlannConfig, n: int, device: torch.device, glo_seconds: O
     """The per-stage budgets a whole-method `max_seconds` implies (a copy of cfg; cfg unchanged).
 
     GAN: gan.max_seconds. GLANN, before GLO (glo_seconds None): GLO gets max_seconds minus IMLE's
-    part, the measured time of imle.budget_epochs epochs plus, with the mixture start, its fit's
-    estimated time, at most imle.budget_max_share of the budget (glann.imle.epoch_seconds_estimate,
-    MixturePrior.fit_seconds_estimate). After GLO: IMLE gets what GLO left, so the two
+    part, the measured time of imle.budget_epochs epochs (imle.epochs when fewer: 0 plans none)
+    plus, with the mixture start, its fit's estimated time, at most imle.budget_max_share of the
+    budget (glann.imle.epoch_seconds_estimate, MixturePrior.fit_seconds_estimate). After GLO: IMLE gets what GLO left, so the two
     stages together train for max_seconds. A stage's own max_seconds, when set, wins.
     The plan is logged once by rank 0; a resume with the same max_seconds keeps the plan GLO
     trained under (`_kept_plan`), a new max_seconds is planned afresh.
@@ -51,21 +51,24 @@ def stage_budgets(cfg: GlannConfig, n: int, device: torch.device, glo_seconds: O
                 imle = min(cfg.imle.max_seconds, total)
             else:
                 t0 = time.perf_counter()
-                epoch = d.sum(epoch_seconds_estimate(-(-n // d.world), cfg, device)) / d.world  # one plan on every rank
+                planned = min(cfg.imle.budget_epochs, cfg.imle.epochs)  # imle.epochs, when fewer, caps the plan
+                epoch = (d.sum(epoch_seconds_estimate(-(-n // d.world), cfg, device)) / d.world  # one plan on every rank
+                         if planned else 0.0)
                 # The mixture start's fit is IMLE's time too, planned so that its epochs still run; rank 0
                 # alone fits (imle._fit_prior), so it alone times the fit while the others wait here.
                 mixture = cfg.model.mapper_prior == "mixture"
                 prior = MixturePrior(cfg.model.mapper_prior_components, cfg.model.nz)
                 fit = d.sum(prior.fit_seconds_estimate(n) if mixture and d.is_main else 0.0)
                 probe = time.perf_counter() - t0  # charged to GLO: the budget covers all training work
-                imle = min(cfg.imle.budget_max_share * total, cfg.imle.budget_epochs * epoch + fit) + probe
+                imle = min(cfg.imle.budget_max_share * total, planned * epoch + fit) + probe
                 if d.is_main:
                     fitted = f" and the mixture's fit about {fit:.0f} s" if mixture else ""
-                    epochs = (imle - probe - fit) / epoch
-                    tqdm.write(f"glann: max_seconds={total:g}: an IMLE epoch measures {epoch:.1f} s here{fitted}, so "
-                               f"IMLE gets {imle:.0f} s ({max(epochs, 0):.0f} epochs) and GLO the other "
-                               f"{total - imle:.0f} s", file=sys.stderr)
-                    if mixture and epochs < 1:
+                    epochs = (imle - probe - fit) / epoch if planned else 0.0
+                    measured = (f"an IMLE epoch measures {epoch:.1f} s here{fitted}" if planned else
+                                f"imle.epochs=0{fitted}")
+                    tqdm.write(f"glann: max_seconds={total:g}: {measured}, so IMLE gets {imle:.0f} s "
+                               f"({max(epochs, 0):.0f} epochs) and GLO the other {total - imle:.0f} s", file=sys.stderr)
+                    if mixture and planned and epochs < 1:
                         tqdm.write(f"glann: warning: the mixture's fit fills IMLE's part of max_seconds={total:g} "
                                    f"(at most imle.budget_max_share={cfg.imle.budget_max_share:g} of it), so IMLE "
                                    f"will train no epoch and the run will overrun; raise max_seconds or "

@@ -143,17 +143,29 @@ def test_a_budget_plans_the_mixture_fit_into_imles_part(tiny, monkeypatch, capsy
     assert 0 < real < 60  # a real 2-iteration EM probe, scaled
     monkeypatch.setattr(pipeline, "epoch_seconds_estimate", lambda *a: 1.0)
     monkeypatch.setattr(MixturePrior, "fit_seconds_estimate", lambda self, n: 30.0)
-    glo = {prior: pipeline.stage_budgets(tiny("max_seconds=1000", f"model.mapper_prior={prior}"), 2000,
-                                         torch.device("cpu")).glo.max_seconds for prior in ("gaussian", "mixture")}
+    glo = {prior: pipeline.stage_budgets(tiny("max_seconds=1000", f"model.mapper_prior={prior}", "imle.epochs=1000"),
+                                         2000, torch.device("cpu")).glo.max_seconds for prior in ("gaussian", "mixture")}
     # IMLE's part: 25 epochs of 1 s, plus the fit's 30 s with the mixture start (and the probe's own time)
     assert 1000 - 25 - 1 < glo["gaussian"] <= 1000 - 25
     assert 1000 - 55 - 1 < glo["mixture"] <= 1000 - 55
-    capped = pipeline.stage_budgets(tiny("max_seconds=100", "model.mapper_prior=mixture"), 2000, torch.device("cpu"))
+    capped = pipeline.stage_budgets(tiny("max_seconds=100", "model.mapper_prior=mixture", "imle.epochs=1000"), 2000,
+                                    torch.device("cpu"))
     assert 60 - 1 < capped.glo.max_seconds <= 60  # at most imle.budget_max_share (40%), the fit included
     assert "warning" not in capsys.readouterr().err
-    pipeline.stage_budgets(tiny("max_seconds=60", "model.mapper_prior=mixture"), 2000, torch.device("cpu"))
+    pipeline.stage_budgets(tiny("max_seconds=60", "model.mapper_prior=mixture", "imle.epochs=1000"), 2000,
+                           torch.device("cpu"))
     err = capsys.readouterr().err  # 30 s of fit in a 24 s part: no IMLE epoch, said so with the way out
     assert "(0 epochs)" in err and "IMLE will train no epoch" in err and "model.mapper_prior=gaussian" in err
+    # imle.epochs fewer than imle.budget_epochs (25) caps the plan: 3 epochs of 1 s and the fit
+    few = pipeline.stage_budgets(tiny("max_seconds=1000", "model.mapper_prior=mixture", "imle.epochs=3"), 2000,
+                                 torch.device("cpu"))
+    assert 1000 - 33 - 1 < few.glo.max_seconds <= 1000 - 33
+    # imle.epochs=0 (GLO and the mixture start, no IMLE step): IMLE's part is the fit alone, no epoch probed
+    monkeypatch.setattr(pipeline, "epoch_seconds_estimate", lambda *a: pytest.fail("probed an epoch IMLE won't train"))
+    fit_only = pipeline.stage_budgets(tiny("max_seconds=1000", "model.mapper_prior=mixture", "imle.epochs=0"), 2000,
+                                      torch.device("cpu"))
+    assert 1000 - 30 - 1 < fit_only.glo.max_seconds <= 1000 - 30
+    assert "imle.epochs=0" in capsys.readouterr().err
 
 
 def test_max_seconds_is_a_gan_runs_budget(tiny):
@@ -216,9 +228,26 @@ def test_evaluate_reports_latent_baselines_for_a_glann_run(tmp_path, monkeypatch
     assert saved["baselines"]["mixture"]["fd"] == pytest.approx(b["mixture"]["fd"])
     table = format_table(result)
     assert "where quality is lost" in table and "the mixture on the same codes" in table
+    assert result["protocol"]["imle_epochs"] == 2  # the IMLE epochs the run trained, read from its history
     # A GAN run has no codes: no baselines.
     gan_dir = train(tiny_config(tmp_path, "method=gan", "gan.epochs=1", "name=tiny_gan"))
     assert "baselines" not in evaluate_run(gan_dir, num_samples=64, against="train", recon_images=0, device="cpu")
+
+
+def test_the_baseline_table_gives_no_imle_verdict_for_a_run_whose_imle_took_no_step():
+    from glann.evaluate.suite import baseline_table
+
+    def scores(fd, recall):
+        return {"fd": fd, "precision": 0.9, "recall": recall, "classes_covered": 10, "mode_kl": 0.01}
+
+    result = {"metrics": scores(18.9, 0.56), "protocol": {"mixture_components": 50},
+              "baselines": {"mixture": scores(19.5, 0.60), "reconstructions": scores(14.4, 0.67)}}
+    assert "IMLE did not beat the mixture" in baseline_table(result)  # recall lower: no win
+    result["metrics"]["recall"] = 0.61
+    assert "IMLE beat the mixture" in baseline_table(result)
+    result["protocol"]["imle_epochs"] = 0  # the samples are the untrained mapper's: nothing to credit IMLE with
+    table = baseline_table(result)
+    assert "beat" not in table and "IMLE took no step" in table and "before any IMLE step" in table
 
 
 def test_precision_weight_pulls_pool_samples_towards_the_codes(tiny):

@@ -19,6 +19,7 @@ from ..data import Dataset, image_files, load_dataset, mixture_spec
 from ..devices import resolve_device
 from ..errors import DataError
 from ..nets import sphere
+from ..runs import Run
 from ..sampler import Sampler
 from .classifier import DomainClassifier, TrainedClassifier, domain_classifier
 from .latent import baseline_images
@@ -303,6 +304,8 @@ def evaluate_run(run_dir: Union[str, Path], features: str = "domain", num_sample
     if latent_baselines and sampler.mapper is not None:
         codes = sphere(load_checkpoint(checkpoint_file(run_dir, "glo"))["codes"]["weight"].float())
         baselines, fitted = baseline_images(sampler, codes, num_samples, seed)
+        # the verdict on IMLE needs IMLE to have stepped (imle.epochs=0 exports the untrained mapper)
+        fitted["imle_epochs"] = sum(r.get("stage") == "imle" for r in Run(run_dir, sampler.cfg).read_metrics())
     result = evaluate(sampler, reference, features, train=train, held_out=test.images if test else None,
                       seen=seen.images, num_samples=num_samples, seed=seed, grid_path=run_dir / "eval_nearest.png",
                       recon_images=recon_images if test is not None else 0, baselines=baselines,
@@ -414,11 +417,17 @@ def baseline_table(result: dict[str, Any]) -> str:
     width = max(len(label.get(k, v)) for k, v in BASELINE_ROWS if k in sets)
     out = ["where quality is lost (same generator and real features):",
            f"  {'images':<{width}}  " + "  ".join(f"{lab:>{w}}" for _, lab, w in cols)]
+    stepped = p.get("imle_epochs") != 0  # absent (an older eval.json): a trained mapper
+    if not stepped:
+        label["samples"] = "this run's samples (mapper before any IMLE step)"
+        width = max(width, len(label["samples"]))
     for key, text in BASELINE_ROWS:
         if key in sets:
             vals = [f"{sets[key][c]:>{w}}" if c == "classes_covered" else f"{sets[key][c]:>{w}.4g}" for c, _, w in cols]
             out.append(f"  {label.get(key, text):<{width}}  " + "  ".join(vals))
-    if "mixture" in b:
+    if "mixture" in b and not stepped:
+        out.append("  IMLE took no step in this run (imle.epochs=0 or no time left): no verdict on IMLE against the mixture")
+    elif "mixture" in b:
         fd_win = m["fd"] < b["mixture"]["fd"]
         rec_ok = "recall" not in m or m["recall"] >= b["mixture"]["recall"]
         verdict = ("beat" if fd_win and rec_ok else "did not beat") + " the mixture on the same codes"
