@@ -16,5 +16,6 @@ PY=${PYTHON:-python3}
 # pip's own failure still fails the script (pipefail); only the filter's "no lines" status is ignored.
 quiet() { { grep -v "is ignored: it is neither a file nor a directory" || true; }; }
 .venv/bin/pip install -q --disable-pip-version-check "${TORCH_SPEC:-torch==2.14.1}" "${TORCHVISION_SPEC:-torchvision==0.29.1}" 2>&1 | quiet
-.venv/bin/pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 | quiet
+# GLANN_EXTRAS: the tests' tools by default; the quickstart takes the runtime stack alone (faiss, lpips).
+.venv/bin/pip install -q --disable-pip-version-check -e ".[${GLANN_EXTRAS:-dev}]" 2>&1 | quiet
 .venv/bin/python -c "import glann, torch; print(f'setup: glann {glann.__version__}, torch {torch.__version__}')"
