@@ -32,8 +32,8 @@ def stage_budgets(cfg: GlannConfig, n: int, device: torch.device, glo_seconds: O
     GAN: gan.max_seconds. GLANN, before GLO (glo_seconds None): GLO gets max_seconds minus IMLE's
     part, the measured time of imle.budget_epochs epochs (imle.epochs when fewer: 0 plans none)
     plus, with the mixture start, its fit's estimated time, at most imle.budget_max_share of the
-    budget (glann.imle.epoch_seconds_estimate, MixturePrior.fit_seconds_estimate). After GLO: IMLE gets what GLO left, so the two
-    stages together train for max_seconds. A stage's own max_seconds, when set, wins.
+    budget (glann.imle.epoch_seconds_estimate, MixturePrior.fit_seconds_estimate). After GLO: IMLE
+    gets what GLO left, so the two stages together train for max_seconds. A stage's own max_seconds, when set, wins.
     The plan is logged once by rank 0; a resume with the same max_seconds keeps the plan GLO
     trained under (`_kept_plan`), a new max_seconds is planned afresh.
     """
