@@ -89,7 +89,7 @@ def _shift(module: nn.Module, z: torch.Tensor, labels: Optional[torch.Tensor]) -
     return module.class_embed(z, labels)
 
 
-MIXTURE_MAX_CODES = 20000  # MixturePrior.fit's sample of the codes
+MIXTURE_MAX_CODES = 20000  # MixturePrior.fit's sample of the codes: seconds on a 2-core CPU at nz 64
 # A real fit's EM time over the 2-iteration probe's, calibrated on the 2-core EPYC: real fits to
 # Fashion-MNIST codes ran 34-47 iterations (15-22 s at 10,000 codes, 44-52 s at 60,000), the probe
 # (which also runs a first M-step and a last E-step, on random unit vectors) 1.4-2.8 s

@@ -33,9 +33,9 @@ def stage_budgets(cfg: GlannConfig, n: int, device: torch.device, glo_seconds: O
     part, the measured time of imle.budget_epochs epochs (imle.epochs when fewer: 0 plans none)
     plus, with the mixture start, its fit's estimated time, at most imle.budget_max_share of the
     budget (glann.imle.epoch_seconds_estimate, MixturePrior.fit_seconds_estimate). After GLO: IMLE
-    gets what GLO left, so the two stages together train for max_seconds. A stage's own max_seconds, when set, wins.
-    The plan is logged once by rank 0; a resume with the same max_seconds keeps the plan GLO
-    trained under (`_kept_plan`), a new max_seconds is planned afresh.
+    gets what GLO left, so the two stages together train for max_seconds. A stage's own
+    max_seconds, when set, wins. The plan is logged once by rank 0; a resume with the same
+    max_seconds keeps the plan GLO trained under (`_kept_plan`), a new max_seconds is planned afresh.
     """
     if cfg.max_seconds is None:
         return cfg
@@ -57,8 +57,8 @@ def stage_budgets(cfg: GlannConfig, n: int, device: torch.device, glo_seconds: O
                 # The mixture start's fit is IMLE's time too, planned so that its epochs still run; rank 0
                 # alone fits (imle._fit_prior), so it alone times the fit while the others wait here.
                 mixture = cfg.model.mapper_prior == "mixture"
-                prior = MixturePrior(cfg.model.mapper_prior_components, cfg.model.nz)
-                fit = d.sum(prior.fit_seconds_estimate(n) if mixture and d.is_main else 0.0)
+                fit = d.sum(MixturePrior(cfg.model.mapper_prior_components, cfg.model.nz).fit_seconds_estimate(n)
+                            if mixture and d.is_main else 0.0)
                 probe = time.perf_counter() - t0  # charged to GLO: the budget covers all training work
                 imle = min(cfg.imle.budget_max_share * total, planned * epoch + fit) + probe
                 if d.is_main:

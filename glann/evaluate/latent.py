@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from ..nets import MixturePrior
+from ..nets import MIXTURE_MAX_CODES, MixturePrior
 from ..sampler import Sampler
 
 MIXTURE_COMPONENTS = 50
-MIXTURE_FIT_CODES = 20000  # codes the mixture is fitted on: seconds on a 2-core CPU at nz 64
 
 
 def code_samplers(codes: torch.Tensor, n: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -28,7 +27,7 @@ def code_samplers(codes: torch.Tensor, n: int, seed: int = 0) -> dict[str, torch
     out["gaussian"] = (mean.double() + eps @ torch.linalg.cholesky(cov).T).float()
     # the model.mapper_prior=mixture start at its default 50 components (not the run's own setting)
     prior = MixturePrior(MIXTURE_COMPONENTS, codes.shape[1])
-    prior.fit(codes, seed=seed, max_codes=MIXTURE_FIT_CODES)
+    prior.fit(codes, seed=seed)  # on at most MIXTURE_MAX_CODES of them, as training's mixture start
     out["mixture"] = prior(torch.randn(n, codes.shape[1] + 1, generator=g))
     out["mixture_components"] = torch.tensor(prior.fitted_components)
     return out
@@ -40,5 +39,5 @@ def baseline_images(sampler: Sampler, codes: torch.Tensor, n: int, seed: int = 0
     latents = code_samplers(codes, n, seed)
     k = int(latents.pop("mixture_components"))
     images = {name: sampler.decode(z.to(sampler.device)).cpu() for name, z in latents.items()}
-    return images, {"mixture_components": k, "mixture_fit_codes": min(len(codes), MIXTURE_FIT_CODES),
+    return images, {"mixture_components": k, "mixture_fit_codes": min(len(codes), MIXTURE_MAX_CODES),
                     "codes": int(len(codes))}
