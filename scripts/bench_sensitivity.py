@@ -58,14 +58,18 @@ def variants(extra: list[str]) -> list[tuple[str, str, list[str]]]:
     return out
 
 
-def run_one(method: str, name: str, overrides: list[str], seconds: float, root: Path, num_samples: int) -> dict:
+def run_one(method: str, name: str, overrides: list[str], seconds: float, root: Path, num_samples: int,
+            config: str | None = None) -> dict:
+    """Train `config` (METHODS[method]'s when None) with `overrides` for `seconds`, seed 0, into
+    root/METHOD_NAME, score it by the domain protocol against the test split and return the metrics;
+    a run already trained and scored is read back, one stopped before it was scored starts again."""
     run = root / f"{method}_{name}"
     scored = run / EVAL_FILE
     if (run / MODEL_FILE).is_file() and scored.is_file() and "domain" in json.loads(scored.read_text()):
         return json.loads(scored.read_text())["domain"]["metrics"]
     if run.exists():  # stopped before it was scored: its budget would span two sittings, so start again
         shutil.rmtree(run)
-    config = METHODS[method][0]
+    config = config or METHODS[method][0]
     cfg = load_config(ROOT / config, [f"max_seconds={seconds:g}", "seed=0", f"out_dir={root}",
                                       f"name={method}_{name}", *overrides])
     t0 = time.perf_counter()
