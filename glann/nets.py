@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Optional, Sequence, Union
 
 import torch
@@ -90,10 +91,15 @@ def _shift(module: nn.Module, z: torch.Tensor, labels: Optional[torch.Tensor]) -
 
 
 MIXTURE_MAX_CODES = 20000  # MixturePrior.fit's sample of the codes: seconds on a 2-core CPU at nz 64
-# A real fit's EM time over the 2-iteration probe's, calibrated on the 2-core EPYC: real fits to
-# Fashion-MNIST codes ran 34-47 iterations (15-22 s at 10,000 codes, 44-52 s at 60,000), the probe
-# (which also runs a first M-step and a last E-step, on random unit vectors) 1.4-2.8 s
-FIT_SCALE = 20
+# EM iterations of MixturePrior.fit. On 300 s runs' Fashion-MNIST codes (2-core EPYC, 20,000 codes)
+# 10 iterations scored as the converged fit (34-47 iterations, tol 1e-3) in a sixth of its time:
+# domain FD 24.0 against 23.7 and 21.3 against 21.5, fits of 11 s against 48-66 s
+# (benchmarks/ablation_cpu.md); the seconds saved go to GLO under a max_seconds budget
+MIXTURE_EM_ITERS = 10
+# A real fit's EM time over the 2-iteration probe's, calibrated on the 2-core EPYC at MIXTURE_EM_ITERS:
+# the probe (which also runs a first M-step and a last E-step, on random unit vectors) took 2.7 s at
+# 20,000 rows and 10 iterations 11.6 s; real 10-iteration fits to Fashion-MNIST codes 10.7-10.8 s
+FIT_SCALE = 4
 PRIOR_ROWS = 1024  # rows per batched matmul of MixturePrior: 16 MB of gathered factors at nz 64
 
 
@@ -114,7 +120,7 @@ class MixturePrior(nn.Module):
         self.register_buffer("means", torch.zeros(components, nz))
         self.register_buffer("chol", torch.eye(nz).repeat(components, 1, 1))
 
-    def _em(self, rows: int, seed: int, max_iter: int = 200):
+    def _em(self, rows: int, seed: int, max_iter: int = MIXTURE_EM_ITERS):
         """The scikit-learn EM (k-means start) that fits `rows` codes: with few codes, fewer
         components (4 nz codes each), as `glann evaluate`'s mixture baseline does."""
         from sklearn.mixture import GaussianMixture
@@ -125,9 +131,7 @@ class MixturePrior(nn.Module):
     def fit_seconds_estimate(self, n: int, max_codes: int = MIXTURE_MAX_CODES) -> float:
         """Seconds `fit` will take on n codes here, timed on random unit vectors of the same size:
         the k-means start once, and a 2-iteration EM scaled by FIT_SCALE. Used to plan a time
-        budget before GLO has made the codes; a plan, not a promise (it erred by -10% to +60%)."""
-        import warnings
-
+        budget before GLO has made the codes; a plan, not a promise."""
         from sklearn.cluster import KMeans
 
         rows = torch.randn(min(n, max_codes), self.nz, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -143,14 +147,19 @@ class MixturePrior(nn.Module):
 
     @torch.no_grad()
     def fit(self, codes: torch.Tensor, seed: int = 0, max_codes: int = MIXTURE_MAX_CODES) -> None:
-        """Fit a full-covariance mixture (scikit-learn EM, k-means start) to at most max_codes
-        random rows of codes (float N x nz); with few codes, fewer components (4 nz codes each)
-        and the rest weight 0, as `glann evaluate`'s mixture baseline does."""
+        """Fit a full-covariance mixture (scikit-learn EM, k-means start, MIXTURE_EM_ITERS
+        iterations) to at most max_codes random rows of codes (float N x nz); with few codes, fewer
+        components (4 nz codes each) and the rest weight 0, as `glann evaluate`'s mixture baseline does."""
+        from sklearn.exceptions import ConvergenceWarning
+
         g = torch.Generator().manual_seed(seed)
         fit = codes.detach().double().cpu()[torch.randperm(len(codes), generator=g)[:max_codes]]
+
         gmm = self._em(len(fit), seed)
         k = gmm.n_components
-        gmm.fit(fit.numpy())
+        with warnings.catch_warnings():  # MIXTURE_EM_ITERS stops EM before its tolerance, on purpose
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            gmm.fit(fit.numpy())
         weights = torch.zeros(self.components, dtype=torch.float64)
         weights[:k] = torch.from_numpy(gmm.weights_)
         self.cum_weights.copy_(torch.cumsum(weights / weights.sum(), 0))

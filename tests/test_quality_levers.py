@@ -337,3 +337,24 @@ def test_unknown_mapper_prior_is_a_one_line_config_error(tiny):
         tiny("model.mapper_prior=gmm")
     with pytest.raises(ConfigError, match="with imle.conditional=true set model.mapper_prior=gaussian"):
         tiny("model.mapper_prior=mixture", "imle.conditional=true")
+
+
+def test_mixture_fit_stops_at_its_iteration_cap_quietly_and_still_finds_the_clusters():
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    from glann.nets import MixturePrior
+
+    g = torch.Generator().manual_seed(0)
+    centres = sphere(torch.randn(3, 8, generator=g))
+    which = torch.tensor([0] * 600 + [1] * 300 + [2] * 100)
+    codes = sphere(centres[which] + 0.2 * torch.randn(1000, 8, generator=g))  # wide clusters: EM needs ~40 steps
+    prior = MixturePrior(3, 8)
+    # the cap does bind on these codes: scikit-learn's EM warns that it stopped short of its tolerance
+    with pytest.warns(ConvergenceWarning):
+        prior._em(len(codes), 0).fit(codes.double().numpy())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a user's run shows no "did not converge" for a cap set on purpose
+        prior.fit(codes)
+    assert torch.cdist(centres, prior.means).min(1).values.max() < 0.2  # each cluster has its component
