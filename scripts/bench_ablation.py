@@ -13,7 +13,6 @@ share the CPU. The table's last column gives each row's FD over the defaults' FD
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 from pathlib import Path
 
