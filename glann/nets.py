@@ -154,7 +154,6 @@ class MixturePrior(nn.Module):
 
         g = torch.Generator().manual_seed(seed)
         fit = codes.detach().double().cpu()[torch.randperm(len(codes), generator=g)[:max_codes]]
-
         gmm = self._em(len(fit), seed)
         k = gmm.n_components
         with warnings.catch_warnings():  # MIXTURE_EM_ITERS stops EM before its tolerance, on purpose

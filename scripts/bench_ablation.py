@@ -18,9 +18,8 @@ from pathlib import Path
 
 import torch
 from bench_sensitivity import run_one
+from race_table import stage_epochs
 
-from glann import load_config
-from glann.runs import Run
 
 GLANN, REFERENCE, DCGAN = "configs/fashion_mnist.yaml", "configs/fashion_mnist_reference.yaml", "configs/gan_fashion_mnist.yaml"
 # (row, method, config, overrides, what the row turns off or changes)
@@ -40,18 +39,6 @@ ROWS = (
     ("fixed_split", "glann", GLANN, ["glo.max_seconds={glo75}"], "GLO gets a fixed 75% of the budget, not the probe's rule"),
     ("no_imle", "glann", GLANN, ["imle.epochs=0"], "GLO + the mixture, no IMLE step (not a lever: the mixture alone)"),
 )
-
-
-def stage_epochs(run: Path) -> str:
-    """'glo 5 (423 s), imle 12' from the run's metrics.jsonl: epochs per stage and GLO's seconds."""
-    records = Run(run, load_config(run / "config.yaml")).read_metrics()
-    parts = []
-    for stage in ("glo", "imle", "gan"):
-        rows = [r for r in records if r.get("stage") == stage]  # one record per epoch
-        if rows:
-            secs = max(float(r.get("seconds", 0.0)) for r in rows)  # the stage's budget clock
-            parts.append(f"{stage} {len({r['step'] for r in rows})} ({secs:.0f} s)")
-    return ", ".join(parts)
 
 
 def main() -> int:

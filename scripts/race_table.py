@@ -27,7 +27,8 @@ COLS = [(k, label.replace("|", "\\|"), better) for k, label, better in
         metric_columns(("fd", "precision", "recall", "classes_covered", "mode_kl"))]
 
 
-def _epochs(run: Path) -> str:
+def stage_epochs(run: Path) -> str:
+    """'glo 5 (423 s), imle 12 (180 s)': each stage's epochs and training seconds, from its checkpoint."""
     out = []
     for stage in STAGES:
         f = checkpoint_file(run, stage)
@@ -53,7 +54,7 @@ def main() -> int:
                            and line.split(":")[1].strip() not in ("null", "")), None)
             method, seed = run.name.rsplit("_s", 1)
             rows.append(dict(method=method, seed=int(seed), budget=budget, run=run, m=ev["metrics"],
-                             b=ev.get("baselines", {}), epochs=_epochs(run)))
+                             b=ev.get("baselines", {}), epochs=stage_epochs(run)))
     if not rows:
         raise SystemExit("no evaluated runs (eval.json with a domain entry) under " + ", ".join(args.dirs))
     lines = ["| budget (s) | method | seed | stages: epochs (training s) | " + " | ".join(c[1] for c in COLS) + " |",
