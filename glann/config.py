@@ -206,6 +206,13 @@ class IMLEConfig:
     # code (one more search per refresh). IMLE's own objective (data -> sample) leaves a sample that
     # is no code's nearest where it is, which costs precision. 0: plain IMLE. One process only.
     precision_weight: float = 0.0
+    # Jittered targets: at each refresh every code is replaced by code + code_noise * N(0, I) (back on
+    # the sphere with imle.sphere) before it is matched and regressed on, so the mapper covers a
+    # smoothed copy of the codes rather than the codes themselves. 0: plain IMLE. From the mixture
+    # start, 0.03-0.08 raised recall over plain IMLE (benchmarks/imle_study_cpu.md, tenth sitting);
+    # from about 0.12 IMLE no longer moves the mixture at all. With imle.refresh_every > 1 a resume
+    # draws a fresh pool at once (the jitter in use is not checkpointed).
+    code_noise: float = 0.0
     # Class-conditional IMLE (needs labelled data): the mapper takes a class embedding beside the
     # noise, each class draws its share of the pool, and each code is matched only among the
     # samples of its own class. GLO is unchanged. Sample a class with Sampler.sample(labels=...).
@@ -225,6 +232,7 @@ class IMLEConfig:
             (self.knn_backend in KNN_BACKENDS, f"imle.knn_backend must be one of {KNN_BACKENDS}, got '{self.knn_backend}'"),
             (self.samples_per_point > 0, "imle.samples_per_point must be positive"),
             (self.precision_weight >= 0, f"imle.precision_weight must be >= 0, got {self.precision_weight}"),
+            (self.code_noise >= 0, f"imle.code_noise must be >= 0, got {self.code_noise}"),
             (self.rs_quantile is None or 0 < self.rs_quantile < 1,
              f"imle.rs_quantile must be in (0, 1) (or null: plain IMLE), got {self.rs_quantile}"),
             _budget("imle.max_seconds", self.max_seconds),

@@ -218,6 +218,7 @@ class _IMLEState:
     back: Optional[torch.Tensor] = None  # imle.precision_weight: each pool sample's nearest code
     labels: Optional[torch.Tensor] = None  # conditional IMLE: this rank's codes' classes
     pool_labels: Optional[torch.Tensor] = None  # conditional IMLE: the pool's classes (`pool_labels`)
+    targets: Optional[torch.Tensor] = None  # imle.code_noise: this refresh's jittered codes (else the codes)
 
 
 def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
@@ -321,14 +322,20 @@ def _refresh(s: _IMLEState, cfg: GlannConfig, epoch: int, result: IMLEResult) ->
     """When due (every imle.refresh_every epochs, or with no pool yet): draw a new pool and match
     every code to it (data -> sample, IMLE Alg. 1). Returns the search's metrics ({} when not due)."""
     ic = cfg.imle
-    if not (epoch % ic.refresh_every == 0 or s.match is None or (ic.precision_weight > 0 and s.back is None)):
+    if not (epoch % ic.refresh_every == 0 or s.match is None or (ic.precision_weight > 0 and s.back is None)
+            or (ic.code_noise > 0 and s.targets is None)):
         return {}
+    s.targets = s.codes
+    if ic.code_noise > 0:
+        jitter = torch.randn(s.codes.shape, generator=s.rng).to(s.codes.device)
+        s.targets = s.codes + ic.code_noise * jitter
+        s.targets = sphere(s.targets) if ic.sphere else s.targets
     s.noise, samples = draw_pool(s.T, s.m, s.rng, s.codes.device, ic.sphere, s.pool_labels)
     if not bool(torch.isfinite(samples).all()):  # one check per refresh; the search needs finite rows
         raise TrainingError(f"IMLE epoch {epoch}: the mapper's samples are NaN or infinite; lower imle.lr "
                             f"and resume from the last checkpoint")
     t_knn = time.perf_counter()
-    _, s.match, found = match_codes(s.codes, samples, ic, s.n, s.labels, s.pool_labels)
+    _, s.match, found = match_codes(s.targets, samples, ic, s.n, s.labels, s.pool_labels)
     if ic.precision_weight > 0:  # sample -> data: each pool sample's nearest code (of its class)
         back_d2, back = search(samples, s.codes, ic, 1, s.pool_labels, s.labels)
         s.back = back[:, 0]
@@ -343,6 +350,7 @@ def _imle_epoch(s: _IMLEState, cfg: GlannConfig, epoch: int, run: Optional[Run])
     ic, device = cfg.imle, s.codes.device
     assert s.noise is not None and s.match is not None  # _refresh has drawn the pool
     perm = to_device_async(torch.randperm(len(s.codes), generator=s.rng), device)
+    targets = s.codes if s.targets is None else s.targets
     if ic.precision_weight > 0:
         pool_perm = to_device_async(torch.randperm(len(s.noise), generator=s.rng), device)
         pool_batch = max(1, len(s.noise) // s.steps)
@@ -353,7 +361,7 @@ def _imle_epoch(s: _IMLEState, cfg: GlannConfig, epoch: int, run: Optional[Run])
         s.cosine.set(epoch, step)
         idx = perm[step * s.batch:(step + 1) * s.batch]
         out = _map_pool(s, s.match[idx])
-        loss = F.mse_loss(sphere(out) if ic.sphere else out, s.codes[idx])
+        loss = F.mse_loss(sphere(out) if ic.sphere else out, targets[idx])
         if ic.precision_weight > 0:  # pull pool samples towards their nearest codes too
             j = pool_perm[step * pool_batch:(step + 1) * pool_batch]
             out_s = _map_pool(s, j)

@@ -41,6 +41,7 @@ def _one_line_error(capsys, rc: int, *needles: str) -> str:
     ("model.fc_dim=0", "model.fc_dim must be positive"),  # used to train a model whose samples were all equal
     ("grid_size=0", "grid_size must be >= 1"),
     ("glo.epochs=-1", "glo.epochs must be >= 0"),
+    ("imle.code_noise=-0.1", "imle.code_noise must be >= 0"),
     ("device=mps", "device 'mps' is not supported"),
 ])
 def test_config_values_torch_would_choke_on_are_config_errors(override, needle, tmp_path, capsys):

@@ -267,6 +267,22 @@ def test_precision_weight_pulls_pool_samples_towards_the_codes(tiny):
     assert far[1.0] < far[0.0]
 
 
+def test_code_noise_spreads_the_mapped_samples_over_a_smoothed_copy_of_the_codes(tiny):
+    g = torch.Generator().manual_seed(0)
+    centres = sphere(torch.randn(2, 16, generator=g))
+    codes = sphere(centres[torch.arange(200) % 2] + 0.02 * torch.randn(200, 16, generator=g))
+    spread = {}
+    for sigma in (0.0, 0.15):
+        cfg = tiny("imle.epochs=150", f"imle.code_noise={sigma}")
+        result = train_imle(codes, cfg)
+        with torch.no_grad():
+            z = sphere(result.mapper.eval()(torch.randn(500, cfg.model.noise_dim, generator=torch.Generator().manual_seed(1))))
+        spread[sigma] = torch.cdist(z, codes).min(1).values.mean().item()  # sample -> nearest code
+        if sigma:  # matched to jittered codes: each code's nearest sample is about the jitter away
+            assert result.nn_distances[-1] > 0.5 * sigma * 16 ** 0.5
+    assert spread[0.15] > 1.5 * spread[0.0]
+
+
 def test_precision_weight_is_refused_under_torchrun(tiny, monkeypatch):
     import glann.pipeline as pipeline
     from glann.errors import ConfigError
