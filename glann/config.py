@@ -210,8 +210,10 @@ class IMLEConfig:
     # the sphere with imle.sphere) before it is matched and regressed on, so the mapper covers a
     # smoothed copy of the codes rather than the codes themselves. 0: plain IMLE. From the mixture
     # start, 0.03-0.08 raised recall over plain IMLE (benchmarks/imle_study_cpu.md, tenth sitting);
-    # from about 0.12 IMLE no longer moves the mixture at all. With imle.refresh_every > 1 a resume
-    # draws a fresh pool at once (the jitter in use is not checkpointed).
+    # from about 0.12, with the default weight_decay, IMLE no longer moves the mixture at all. The
+    # logged nn_distance is then to the jittered codes; imle.precision_weight's term uses the clean
+    # codes. With imle.refresh_every > 1 a resume draws a fresh pool at once (the jitter is not
+    # checkpointed).
     code_noise: float = 0.0
     # Class-conditional IMLE (needs labelled data): the mapper takes a class embedding beside the
     # noise, each class draws its share of the pool, and each code is matched only among the
