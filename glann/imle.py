@@ -325,11 +325,7 @@ def _refresh(s: _IMLEState, cfg: GlannConfig, epoch: int, result: IMLEResult) ->
     if not (epoch % ic.refresh_every == 0 or s.match is None or (ic.precision_weight > 0 and s.back is None)
             or (ic.code_noise > 0 and s.targets is None)):
         return {}
-    s.targets = s.codes
-    if ic.code_noise > 0:
-        jitter = torch.randn(s.codes.shape, generator=s.rng).to(s.codes.device)
-        s.targets = s.codes + ic.code_noise * jitter
-        s.targets = sphere(s.targets) if ic.sphere else s.targets
+    s.targets = _jittered(s.codes, ic, s.rng) if ic.code_noise > 0 else s.codes
     s.noise, samples = draw_pool(s.T, s.m, s.rng, s.codes.device, ic.sphere, s.pool_labels)
     if not bool(torch.isfinite(samples).all()):  # one check per refresh; the search needs finite rows
         raise TrainingError(f"IMLE epoch {epoch}: the mapper's samples are NaN or infinite; lower imle.lr "
@@ -343,6 +339,12 @@ def _refresh(s: _IMLEState, cfg: GlannConfig, epoch: int, result: IMLEResult) ->
     result.nn_distances.append(found["nn_distance"])
     result.knn_seconds.append(time.perf_counter() - t_knn)
     return {**found, "knn_seconds": result.knn_seconds[-1]}
+
+
+def _jittered(codes: torch.Tensor, ic, rng: torch.Generator) -> torch.Tensor:
+    """imle.code_noise: the codes plus fresh Gaussian noise of that scale (back on the sphere with imle.sphere)."""
+    z = codes + ic.code_noise * torch.randn(codes.shape, generator=rng).to(codes.device)
+    return sphere(z) if ic.sphere else z
 
 
 def _imle_epoch(s: _IMLEState, cfg: GlannConfig, epoch: int, run: Optional[Run]) -> LossTracker:

@@ -250,34 +250,39 @@ def test_the_baseline_table_gives_no_imle_verdict_for_a_run_whose_imle_took_no_s
     assert "beat" not in table and "IMLE took no step" in table and "before any IMLE step" in table
 
 
-def test_precision_weight_pulls_pool_samples_towards_the_codes(tiny):
+def _two_clusters(spread: float) -> torch.Tensor:
+    """200 codes on the sphere in 16 dimensions, in two clusters of this spread."""
     g = torch.Generator().manual_seed(0)
     centres = sphere(torch.randn(2, 16, generator=g))
-    codes = sphere(centres[torch.arange(200) % 2] + 0.05 * torch.randn(200, 16, generator=g))
+    return sphere(centres[torch.arange(200) % 2] + spread * torch.randn(200, 16, generator=g))
+
+
+def _mean_distance_to_nearest_code(mapper, codes: torch.Tensor, noise_dim: int) -> float:
+    """500 of the mapper's samples (eval mode, noise seed 1): their mean distance to the nearest code."""
+    with torch.no_grad():
+        z = sphere(mapper.eval()(torch.randn(500, noise_dim, generator=torch.Generator().manual_seed(1))))
+    return torch.cdist(z, codes).min(1).values.mean().item()
+
+
+def test_precision_weight_pulls_pool_samples_towards_the_codes(tiny):
+    codes = _two_clusters(0.05)
     far = {}
     for w in (0.0, 1.0):
         cfg = tiny("imle.epochs=6", f"imle.precision_weight={w}")
         run = Run.create(tiny("imle.epochs=6", f"imle.precision_weight={w}", f"name=pw{w}"))
-        T = train_imle(codes, cfg, run).mapper.eval()
-        with torch.no_grad():
-            z = sphere(T(torch.randn(500, cfg.model.noise_dim, generator=torch.Generator().manual_seed(1))))
-        far[w] = torch.cdist(z, codes).min(1).values.mean().item()  # sample -> nearest code
+        far[w] = _mean_distance_to_nearest_code(train_imle(codes, cfg, run).mapper, codes, cfg.model.noise_dim)
         if w:
             assert all("sample_nn_distance" in r for r in run.read_metrics() if r["stage"] == "imle")
     assert far[1.0] < far[0.0]
 
 
 def test_code_noise_spreads_the_mapped_samples_over_a_smoothed_copy_of_the_codes(tiny):
-    g = torch.Generator().manual_seed(0)
-    centres = sphere(torch.randn(2, 16, generator=g))
-    codes = sphere(centres[torch.arange(200) % 2] + 0.02 * torch.randn(200, 16, generator=g))
+    codes = _two_clusters(0.02)
     spread = {}
     for sigma in (0.0, 0.15):
         cfg = tiny("imle.epochs=150", f"imle.code_noise={sigma}")
         result = train_imle(codes, cfg)
-        with torch.no_grad():
-            z = sphere(result.mapper.eval()(torch.randn(500, cfg.model.noise_dim, generator=torch.Generator().manual_seed(1))))
-        spread[sigma] = torch.cdist(z, codes).min(1).values.mean().item()  # sample -> nearest code
+        spread[sigma] = _mean_distance_to_nearest_code(result.mapper, codes, cfg.model.noise_dim)
         if sigma:  # matched to jittered codes: each code's nearest sample is about the jitter away
             assert result.nn_distances[-1] > 0.5 * sigma * 16 ** 0.5
     assert spread[0.15] > 1.5 * spread[0.0]
