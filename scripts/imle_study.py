@@ -12,6 +12,7 @@ Every variant starts from the same seed; one process, one variant at a time.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import time
@@ -29,6 +30,17 @@ from glann.sampler import Sampler
 from omegaconf import OmegaConf
 
 
+def scaled_residual(mapper: torch.nn.Module, scale: float, n: int = 5000) -> tuple[torch.nn.Module, float]:
+    """A copy of a mixture-start mapper, p + f(p), whose residual is scale * f (f's last layer is
+    linear with no bias, so scaling its weight scales f), and the mean |scale * f(p)| over n draws."""
+    T = copy.deepcopy(mapper).eval()
+    with torch.no_grad():
+        T.net[-1].weight.mul_(scale)
+        p = T.prior(torch.randn(n, T.nz + 1, generator=torch.Generator().manual_seed(1)))
+        move = T.net(p).norm(dim=1).mean().item()
+    return T, move
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run")
@@ -37,6 +49,10 @@ def main() -> int:
     p.add_argument("--num-samples", type=int, default=5000)
     p.add_argument("--baselines", action="store_true", help="also score the latent baselines once")
     p.add_argument("--out", help="append the table (Markdown) to this file")
+    p.add_argument("--step-scales", default="", metavar="A,B,...",
+                   help="mixture start only: also score each trained mapper with its learnt residual f scaled by "
+                        "these factors (0: the untrained mixture, 1: as trained), to see where along IMLE's step "
+                        "the images are best")
     args = p.parse_args()
     run = Path(args.run)
     fixed = load_fixed_run(run, args.num_samples)
@@ -83,6 +99,13 @@ def main() -> int:
                      + (f" clusters={clusters} (k-means {t_km:.0f} s)" if clusters else ""), m, info))
         print(name, json.dumps({k: m[k] for k in ("fd", "precision", "recall", "classes_covered", "mode_kl")}), info,
               flush=True)
+        if args.step_scales and res.mapper.prior is not None:
+            for a in (float(x) for x in args.step_scales.split(",")):
+                T, move = scaled_residual(res.mapper, a)
+                m = evaluate(Sampler(G, T, cfg, "cpu").sample(args.num_samples, seed=0), reference, "domain",
+                             classifier=clf, num_samples=args.num_samples)["metrics"]
+                rows.append((f"{name}, f x {a:g}", f"mean move of a sample {move:.3f}", m, {}))
+                print(rows[-1][:2], json.dumps({k: m[k] for k in ("fd", "precision", "recall", "mode_kl")}), flush=True)
     lines = [f"\n## IMLE on fixed codes of `{run}` ({args.seconds:g} s each; {platform.processor() or platform.machine()}, "
              f"{torch.get_num_threads()} threads, {args.num_samples} samples vs test, domain features)\n",
              "| variant | overrides | epochs | nn_distance first -> last | FD | precision | recall | classes | KL |",
