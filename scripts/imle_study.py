@@ -32,7 +32,8 @@ from omegaconf import OmegaConf
 
 def scaled_residual(mapper: torch.nn.Module, scale: float, n: int = 5000) -> tuple[torch.nn.Module, float]:
     """A copy of a mixture-start mapper, p + f(p), whose residual is scale * f (f's last layer is
-    linear with no bias, so scaling its weight scales f), and the mean |scale * f(p)| over n draws."""
+    linear with no bias, so scaling its weight scales f), and the mean |scale * f(p)| over n draws of
+    its own (a fixed seed, not the scored samples' draws)."""
     T = copy.deepcopy(mapper).eval()
     with torch.no_grad():
         T.net[-1].weight.mul_(scale)
@@ -99,7 +100,10 @@ def main() -> int:
                      + (f" clusters={clusters} (k-means {t_km:.0f} s)" if clusters else ""), m, info))
         print(name, json.dumps({k: m[k] for k in ("fd", "precision", "recall", "classes_covered", "mode_kl")}), info,
               flush=True)
-        if args.step_scales and res.mapper.prior is not None:
+        if args.step_scales and res.mapper.prior is None:
+            print(f"--step-scales: variant {name} has no mixture start (model.mapper_prior=gaussian), so no "
+                  "residual to scale; its step rows are left out", flush=True)
+        elif args.step_scales:
             for a in (float(x) for x in args.step_scales.split(",")):
                 T, move = scaled_residual(res.mapper, a)
                 m = evaluate(Sampler(G, T, cfg, "cpu").sample(args.num_samples, seed=0), reference, "domain",
