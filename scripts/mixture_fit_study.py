@@ -1,11 +1,14 @@
 #!/usr/bin/env python
-"""The mixture start's fit against its EM iterations and its sample of the codes, on one run's fixed
-codes and generator: fit seconds, then the domain protocol (5,000 samples against the test split).
+"""The mixture start's fit against its EM iterations, its sample of the codes and its number of
+components, on one run's fixed codes and generator: fit seconds, then the domain protocol (5,000
+samples against the test split).
 
     python scripts/mixture_fit_study.py RUN 200,20000 20,20000 10,20000 5,20000   # ITERS,CODES ...
+    python scripts/mixture_fit_study.py RUN 10,20000,50 10,60000,200              # ITERS,CODES,COMPONENTS
 
-Prints one Markdown row per setting: EM iterations (at most), codes fitted, fit seconds, FD,
-precision, recall, KL. RUN is a GLANN run directory whose checkpoints/glo.pt holds the codes.
+Prints one Markdown row per setting: EM iterations (at most), codes fitted, components asked for
+(50 unless given) and fitted (at most one per 4 nz codes, as MixturePrior.fit caps them), fit
+seconds, FD, precision, recall, KL. RUN is a GLANN run directory whose checkpoints/glo.pt holds the codes.
 """
 from __future__ import annotations
 
@@ -35,26 +38,32 @@ class _CappedPrior(MixturePrior):
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run")
-    p.add_argument("settings", nargs="+", help="ITERS,CODES: EM iterations at most, codes fitted")
+    p.add_argument("settings", nargs="+",
+                   help="ITERS,CODES[,COMPONENTS]: EM iterations at most, codes fitted, components (default 50)")
     p.add_argument("--num-samples", type=int, default=5000)
     p.add_argument("--out", help="append the table (Markdown) to this file")
     args = p.parse_args()
     fixed = load_fixed_run(Path(args.run), args.num_samples)
     sampler = Sampler(fixed.generator, None, fixed.cfg, "cpu")
     nz = fixed.codes.shape[1]
-    lines = [f"\nMixture fits to the codes of `{args.run}` (50 components, full covariance, seed 0)", "",
-             "| EM iterations (cap) | codes fitted | fit s | FD | precision | recall | KL |", "|---|---|---|---|---|---|---|"]
+    lines = [f"\nMixture fits to the codes of `{args.run}` (full covariance, seed 0)", "",
+             "| EM iterations (cap) | codes fitted | components (fitted) | fit s | FD | precision | recall | KL |",
+             "|---|---|---|---|---|---|---|---|"]
     for spec in args.settings:
-        iters, codes = (int(x) for x in spec.split(","))
-        prior = _CappedPrior(50, nz, iters)
+        fields = [int(x) for x in spec.split(",") if x.strip().isdigit()]
+        if len(fields) not in (2, 3) or len(fields) != len(spec.split(",")):
+            p.error(f"setting '{spec}' is not ITERS,CODES or ITERS,CODES,COMPONENTS (e.g. 10,20000,50)")
+        iters, codes, components = (*fields, 50)[:3]
+        prior = _CappedPrior(components, nz, iters)
         t0 = time.perf_counter()
         prior.fit(fixed.codes, seed=0, max_codes=codes)
         fit = time.perf_counter() - t0
         z = prior(torch.randn(args.num_samples, nz + 1, generator=torch.Generator().manual_seed(31)))
         m = evaluate(sampler.decode(z).cpu(), fixed.reference, "domain", classifier=fixed.classifier,
                      num_samples=args.num_samples)["metrics"]
-        lines.append(f"| {iters} | {codes} | {fit:.1f} | {m['fd']:.2f} | {m['precision']:.3f} | {m['recall']:.3f} "
-                     f"| {m['mode_kl']:.4f} |")
+        fitted = int((prior.cum_weights.diff(prepend=prior.cum_weights.new_zeros(1)) > 0).sum())
+        lines.append(f"| {iters} | {min(codes, len(fixed.codes))} | {components} ({fitted}) | {fit:.1f} | {m['fd']:.2f} "
+                     f"| {m['precision']:.3f} | {m['recall']:.3f} | {m['mode_kl']:.4f} |")
         print(lines[-1], flush=True)
     return emit(lines, args.out)
 
