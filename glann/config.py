@@ -208,9 +208,9 @@ class IMLEConfig:
     precision_weight: float = 0.0
     # Jittered targets: at each refresh every code is replaced by code + code_noise * N(0, I) (back on
     # the sphere with imle.sphere) before it is matched and regressed on, so the mapper covers a
-    # smoothed copy of the codes rather than the codes themselves. 0: plain IMLE (0.08 in
+    # smoothed copy of the codes rather than the codes themselves. 0: plain IMLE (0.1 in
     # configs/fashion_mnist.yaml). From the mixture start, 0.03-0.1 raised recall over plain IMLE
-    # by damping its step (benchmarks/imle_study_cpu.md, tenth and eleventh sittings); from about
+    # by damping its step (benchmarks/imle_study_cpu.md, tenth to twelfth sittings); from about
     # 0.12, with the default weight_decay, IMLE no longer moves the mixture at all. The
     # logged nn_distance is then to the jittered codes; imle.precision_weight's term uses the clean
     # codes. With imle.refresh_every > 1 a resume draws a fresh pool at once (the jitter is not
