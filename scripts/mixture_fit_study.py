@@ -43,17 +43,20 @@ def main() -> int:
     p.add_argument("--num-samples", type=int, default=5000)
     p.add_argument("--out", help="append the table (Markdown) to this file")
     args = p.parse_args()
+    settings = []
+    for spec in args.settings:  # all of them checked before minutes of loading and fitting
+        fields = [int(x) for x in spec.split(",") if x.strip().isdigit()]
+        if len(fields) not in (2, 3) or len(fields) != len(spec.split(",")) or min(fields) <= 0:
+            p.error(f"setting '{spec}' is not ITERS,CODES or ITERS,CODES,COMPONENTS of positive whole numbers "
+                    f"(e.g. 10,20000,50)")
+        settings.append((*fields, 50)[:3])
     fixed = load_fixed_run(Path(args.run), args.num_samples)
     sampler = Sampler(fixed.generator, None, fixed.cfg, "cpu")
     nz = fixed.codes.shape[1]
     lines = [f"\nMixture fits to the codes of `{args.run}` (full covariance, seed 0)", "",
              "| EM iterations (cap) | codes fitted | components (fitted) | fit s | FD | precision | recall | KL |",
              "|---|---|---|---|---|---|---|---|"]
-    for spec in args.settings:
-        fields = [int(x) for x in spec.split(",") if x.strip().isdigit()]
-        if len(fields) not in (2, 3) or len(fields) != len(spec.split(",")):
-            p.error(f"setting '{spec}' is not ITERS,CODES or ITERS,CODES,COMPONENTS (e.g. 10,20000,50)")
-        iters, codes, components = (*fields, 50)[:3]
+    for iters, codes, components in settings:
         prior = _CappedPrior(components, nz, iters)
         t0 = time.perf_counter()
         prior.fit(fixed.codes, seed=0, max_codes=codes)
@@ -61,8 +64,7 @@ def main() -> int:
         z = prior(torch.randn(args.num_samples, nz + 1, generator=torch.Generator().manual_seed(31)))
         m = evaluate(sampler.decode(z).cpu(), fixed.reference, "domain", classifier=fixed.classifier,
                      num_samples=args.num_samples)["metrics"]
-        fitted = int((prior.cum_weights.diff(prepend=prior.cum_weights.new_zeros(1)) > 0).sum())
-        lines.append(f"| {iters} | {min(codes, len(fixed.codes))} | {components} ({fitted}) | {fit:.1f} | {m['fd']:.2f} "
+        lines.append(f"| {iters} | {min(codes, len(fixed.codes))} | {components} ({prior.fitted_components}) | {fit:.1f} | {m['fd']:.2f} "
                      f"| {m['precision']:.3f} | {m['recall']:.3f} | {m['mode_kl']:.4f} |")
         print(lines[-1], flush=True)
     return emit(lines, args.out)
