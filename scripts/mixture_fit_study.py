@@ -45,11 +45,13 @@ def main() -> int:
     args = p.parse_args()
     settings = []
     for spec in args.settings:  # all of them checked before minutes of loading and fitting
-        fields = [int(x) for x in spec.split(",") if x.strip().isdigit()]
-        if len(fields) not in (2, 3) or len(fields) != len(spec.split(",")) or min(fields) <= 0:
+        parts = spec.split(",")
+        if len(parts) not in (2, 3) or not all(x.strip().isdigit() and int(x) > 0 for x in parts):
             p.error(f"setting '{spec}' is not ITERS,CODES or ITERS,CODES,COMPONENTS of positive whole numbers "
                     f"(e.g. 10,20000,50)")
-        settings.append((*fields, 50)[:3])
+        settings.append((*map(int, parts), 50)[:3])
+    if not (Path(args.run) / "checkpoints" / "glo.pt").is_file():
+        p.error(f"{args.run} holds no GLO codes (checkpoints/glo.pt); pass a GLANN run directory")
     fixed = load_fixed_run(Path(args.run), args.num_samples)
     sampler = Sampler(fixed.generator, None, fixed.cfg, "cpu")
     nz = fixed.codes.shape[1]
@@ -64,8 +66,8 @@ def main() -> int:
         z = prior(torch.randn(args.num_samples, nz + 1, generator=torch.Generator().manual_seed(31)))
         m = evaluate(sampler.decode(z).cpu(), fixed.reference, "domain", classifier=fixed.classifier,
                      num_samples=args.num_samples)["metrics"]
-        lines.append(f"| {iters} | {min(codes, len(fixed.codes))} | {components} ({prior.fitted_components}) | {fit:.1f} | {m['fd']:.2f} "
-                     f"| {m['precision']:.3f} | {m['recall']:.3f} | {m['mode_kl']:.4f} |")
+        lines.append(f"| {iters} | {min(codes, len(fixed.codes))} | {components} ({prior.fitted_components}) "
+                     f"| {fit:.1f} | {m['fd']:.2f} | {m['precision']:.3f} | {m['recall']:.3f} | {m['mode_kl']:.4f} |")
         print(lines[-1], flush=True)
     return emit(lines, args.out)
 
