@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from _variants import emit, load_fixed_run
 
+from glann.errors import GlannError
 from glann.evaluate.suite import evaluate
 from glann.nets import sphere
 from glann.sampler import Sampler
@@ -38,23 +39,30 @@ def main() -> int:
     args = p.parse_args()
     if any(not 0 < t <= 2 for t in args.temperatures):
         p.error(f"temperatures must lie in (0, 2], got {args.temperatures}")
+    if args.num_samples < 2:
+        p.error(f"--num-samples must be at least 2, got {args.num_samples}")
     run = Path(args.run)
-    if not (run / "model.safetensors").is_file():
-        p.error(f"{run} holds no exported sampler (model.safetensors); pass a finished GLANN run directory")
-    sampler = Sampler.from_pretrained(run, "cpu")
-    T = sampler.mapper
-    if T is None:
+    if not (run / "model.safetensors").is_file() or not (run / "checkpoints" / "glo.pt").is_file():
+        p.error(f"{run} is not a finished GLANN run (needs model.safetensors and checkpoints/glo.pt)")
+    try:
+        sampler = Sampler.from_pretrained(run, "cpu")
+    except GlannError as exc:
+        p.error(str(exc))
+    mapper = sampler.mapper
+    if mapper is None:
         p.error(f"{run} is not a GLANN run (no mapper); temperature applies to GLANN's sampler")
-    fixed = load_fixed_run(run, args.num_samples)
-    mixture = T.prior is not None
-    samplers = {"GLANN (mapper)": T}
+    if mapper.class_embed is not None:
+        p.error(f"{run} is class-conditional (imle.conditional); this study takes unconditional runs")
+    fixed = load_fixed_run(run, args.num_samples)  # the protocol's reference images and classifier
+    mixture = mapper.prior is not None
+    samplers = {"GLANN (mapper)": mapper}
     if mixture:
-        samplers["mixture start alone"] = T.prior
+        samplers["mixture start alone"] = mapper.prior
     lines = [f"\nSampling temperature on `{run}` ({'mixture start' if mixture else 'plain mapper'}, noise seed 31)", "",
              "| sampler | T | FD | precision | recall | density | coverage | KL |", "|---|---|---|---|---|---|---|---|"]
     for name, f in samplers.items():
         for t in args.temperatures:
-            e = tempered_noise(T.noise_dim, T.nz, mixture, args.num_samples, t, seed=31)
+            e = tempered_noise(mapper.noise_dim, mapper.nz, mixture, args.num_samples, t, seed=31)
             with torch.no_grad():
                 z = sphere(torch.cat([f(c) for c in e.split(4096)]))
             m = evaluate(sampler.decode(z).cpu(), fixed.reference, "domain", classifier=fixed.classifier,
