@@ -14,7 +14,7 @@ from glann.checkpoints import load_checkpoint
 from glann.config import GlannConfig, config_from_dict
 from glann.data import Dataset
 from glann.evaluate.classifier import domain_classifier
-from glann.evaluate.suite import _subset, reference_data
+from glann.evaluate.suite import _subset, evaluate, reference_data
 from glann.nets import build_generator, sphere
 
 
@@ -43,6 +43,10 @@ class FixedRun:
     generator: torch.nn.Module  # in eval mode
     reference: Dataset  # num_samples test images, the domain protocol's reference
     classifier: Any  # the domain classifier
+
+    def score(self, images: torch.Tensor) -> dict[str, float]:
+        """The domain protocol's metrics of these images against the reference, with the run's classifier."""
+        return evaluate(images, self.reference, "domain", classifier=self.classifier)["metrics"]
 
 
 def load_fixed_run(run: Path, num_samples: int) -> FixedRun:

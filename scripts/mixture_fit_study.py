@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 from _variants import emit, load_fixed_run
 
-from glann.evaluate.suite import evaluate
 from glann.nets import MixturePrior
 from glann.sampler import Sampler
 
@@ -64,8 +63,7 @@ def main() -> int:
         prior.fit(fixed.codes, seed=0, max_codes=codes)
         fit = time.perf_counter() - t0
         z = prior(torch.randn(args.num_samples, nz + 1, generator=torch.Generator().manual_seed(31)))
-        m = evaluate(sampler.decode(z).cpu(), fixed.reference, "domain", classifier=fixed.classifier,
-                     num_samples=args.num_samples)["metrics"]
+        m = fixed.score(sampler.decode(z).cpu())
         lines.append(f"| {iters} | {min(codes, len(fixed.codes))} | {components} ({prior.fitted_components}) "
                      f"| {fit:.1f} | {m['fd']:.2f} | {m['precision']:.3f} | {m['recall']:.3f} | {m['mode_kl']:.4f} |")
         print(lines[-1], flush=True)

@@ -18,7 +18,6 @@ import torch
 from _variants import emit, load_fixed_run
 
 from glann.errors import GlannError
-from glann.evaluate.suite import evaluate
 from glann.nets import sphere
 from glann.sampler import Sampler
 
@@ -65,8 +64,7 @@ def main() -> int:
             e = tempered_noise(mapper.noise_dim, mapper.nz, mixture, args.num_samples, t, seed=31)
             with torch.no_grad():
                 z = sphere(torch.cat([f(c) for c in e.split(4096)]))
-            m = evaluate(sampler.decode(z).cpu(), fixed.reference, "domain", classifier=fixed.classifier,
-                         num_samples=args.num_samples)["metrics"]
+            m = fixed.score(sampler.decode(z).cpu())
             lines.append(f"| {name} | {t:g} | {m['fd']:.2f} | {m['precision']:.3f} | {m['recall']:.3f} "
                          f"| {m['density']:.3f} | {m['coverage']:.3f} | {m['mode_kl']:.4f} |")
             print(lines[-1], flush=True)
