@@ -158,11 +158,6 @@ class GLOConfig:
     # (the reference) does, which makes a code's early updates about 10 x lr (glann.glo.RowAdam).
     code_steps: str = "row"
     loss: str = "lap1"
-    # Decoder smoothing: each step the generator sees code + code_noise * N(0, I) (it projects its
-    # input to the sphere) in place of the code, and the code's gradient is taken through the noise.
-    # The generator then renders a neighbourhood of every code, not the code alone, which is where
-    # a sampler over the codes (the mixture, IMLE) puts its samples. 0: plain GLO (reference).
-    code_noise: float = 0.0
     # Budget: stop GLO after this many seconds of training (across resumes). Counted inside epochs:
     # sample grids and checkpoints between epochs are not, and the epoch in progress finishes its
     # current CHECK_EVERY steps, so the stage's wall-clock ends a little later.
@@ -175,7 +170,6 @@ class GLOConfig:
             (self.loss in LOSSES, f"glo.loss must be one of {LOSSES}, got '{self.loss}'"),
             (self.init in CODE_INITS, f"glo.init must be one of {CODE_INITS}, got '{self.init}'"),
             (self.code_steps in ("row", "shared"), f"glo.code_steps must be row or shared, got '{self.code_steps}'"),
-            (self.code_noise >= 0, f"glo.code_noise must be >= 0, got {self.code_noise}"),
             _budget("glo.max_seconds", self.max_seconds),
             (self.epochs >= 0, f"glo.epochs must be >= 0, got {self.epochs}"),
             *_positive_lrs("glo", lr_codes=self.lr_codes, lr_generator=self.lr_generator),

@@ -216,11 +216,8 @@ def _glo_epoch(s: _GLOState, cfg: GlannConfig, epoch: int, run: Optional[Run]) -
         idx = perm[step * s.batch:(step + 1) * s.batch]
         real = to_model(s.images[idx])
         z = s.codes.weight.index_select(0, idx).requires_grad_()  # this batch's codes, a leaf
-        z_in = z
-        if cfg.glo.code_noise > 0:  # drawn from the batch-order generator: a resume restores it
-            z_in = z + cfg.glo.code_noise * to_device_async(torch.randn(z.shape, generator=s.rng), device)
         with torch.autocast(device.type, torch.bfloat16, enabled=s.amp):
-            loss = s.loss_fn(s.G_train(z_in), real).float().mean()
+            loss = s.loss_fn(s.G_train(z), real).float().mean()
         if not tracker.add(loss, step):
             continue
         s.opt_g.zero_grad(set_to_none=True)
