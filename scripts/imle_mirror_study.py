@@ -33,7 +33,6 @@ import torch.nn.functional as F
 from _variants import load_fixed_run
 
 from glann.checkpoints import load_checkpoint, save_checkpoint
-from glann.evaluate.suite import evaluate
 from glann.imle import map_noise
 from glann.knn import nearest
 from glann.nets import build_mapper, sphere
@@ -101,7 +100,7 @@ def main() -> int:
     args = p.parse_args()
     run = Path(args.run)
     fixed = load_fixed_run(run, 5000)
-    cfg, codes, G, reference, clf = fixed.cfg, fixed.codes, fixed.generator, fixed.reference, fixed.classifier
+    cfg, codes, G = fixed.cfg, fixed.codes, fixed.generator
     start = build_mapper(cfg)  # model.mapper_prior=mixture: fitted once, cached beside the run
     cache = run / f"prior_{start.prior.components}c_seed{cfg.seed}.pt"  # (not a checkpoint of the run)
     if cache.exists():
@@ -123,8 +122,7 @@ def main() -> int:
             z = sphere(T(torch.randn(20000, T.noise_dim, generator=torch.Generator().manual_seed(3))))
         lat = {"own": spread(z[:10000], z[10000:]), "codes own": spread(held[:10000], held[10000:]),
                "c->s": spread(held, z), "s->c": spread(z, codes)}
-        m = evaluate(Sampler(G, T, cfg, "cpu").sample(5000, seed=0), reference, "domain", classifier=clf,
-                     num_samples=5000)["metrics"]
+        m = fixed.score(Sampler(G, T, cfg, "cpu").sample(5000, seed=0))
         print("RESULT", spec, json.dumps({k: round(m[k], 4) for k in ("fd", "precision", "recall", "mode_kl")}),
               {k: round(v, 3) for k, v in lat.items()}, flush=True)
     return 0

@@ -91,8 +91,7 @@ def main() -> int:
         wall = time.perf_counter() - t0
         sampler = Sampler(G, res.mapper, cfg, "cpu")
         # Images, not the sampler: a cluster-conditional sampler's "classes" are clusters, not labels.
-        m = evaluate(sampler.sample(args.num_samples, seed=0), reference, "domain", classifier=clf,
-                     num_samples=args.num_samples)["metrics"]
+        m = fixed.score(sampler.sample(args.num_samples, seed=0))
         nn = res.nn_distances or [float("nan")]  # no epoch: a mixture prior's fit took the whole time
         info = {"epochs": len(res.epoch_seconds), "wall": wall, "nn_first": nn[0], "nn_last": nn[-1],
                 "kmeans_seconds": t_km}
@@ -108,9 +107,7 @@ def main() -> int:
             for a in (float(x) for x in args.step_scales.split(",")):
                 T, move = scaled_residual(res.mapper, a)
                 # x 1 is the mapper just scored (same samples, seed 0): its metrics, not a second evaluation
-                m = trained if a == 1 else evaluate(Sampler(G, T, cfg, "cpu").sample(args.num_samples, seed=0),
-                                                    reference, "domain", classifier=clf,
-                                                    num_samples=args.num_samples)["metrics"]
+                m = trained if a == 1 else fixed.score(Sampler(G, T, cfg, "cpu").sample(args.num_samples, seed=0))
                 rows.append((f"{name}, f x {a:g}", f"mean move of a sample {move:.3f}", m, {}))
                 print(rows[-1][:2], json.dumps({k: m[k] for k in ("fd", "precision", "recall", "mode_kl")}), flush=True)
     lines = [f"\n## IMLE on fixed codes of `{run}` ({args.seconds:g} s each; {platform.processor() or platform.machine()}, "
