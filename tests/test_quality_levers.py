@@ -229,6 +229,12 @@ def test_evaluate_reports_latent_baselines_for_a_glann_run(tmp_path, monkeypatch
     table = format_table(result)
     assert "where quality is lost" in table and "the mixture on the same codes" in table
     assert result["protocol"]["imle_epochs"] == 2  # the IMLE epochs the run trained, read from its history
+    # Another evaluation seed with write=False (scripts/eval_seeds.py): other numbers, the record untouched.
+    recorded, grid = (run_dir / "eval.json").read_bytes(), (run_dir / "eval_nearest.png").read_bytes()
+    other = evaluate_run(run_dir, num_samples=64, against="train", recon_images=0, device="cpu", seed=1,
+                         latent_baselines=False, write=False)
+    assert other["protocol"]["seed"] == 1 and other["metrics"]["fd"] != pytest.approx(result["metrics"]["fd"])
+    assert (run_dir / "eval.json").read_bytes() == recorded and (run_dir / "eval_nearest.png").read_bytes() == grid
     # A GAN run has no codes: no baselines.
     gan_dir = train(tiny_config(tmp_path, "method=gan", "gan.epochs=1", "name=tiny_gan"))
     assert "baselines" not in evaluate_run(gan_dir, num_samples=64, against="train", recon_images=0, device="cpu")

@@ -276,9 +276,10 @@ def reference_data(data: DataConfig, against: str = "test") -> tuple[Dataset, Da
 
 def evaluate_run(run_dir: Union[str, Path], features: str = "domain", num_samples: int = 10000,
                  against: str = "test", seed: int = 0, recon_images: int = 128, latent_baselines: bool = True,
-                 device: Union[str, torch.device] = "auto", **kwargs: Any) -> dict[str, Any]:
+                 device: Union[str, torch.device] = "auto", write: bool = True, **kwargs: Any) -> dict[str, Any]:
     """Evaluate a trained run directory; writes <run>/eval.json (merged per feature network) and
-    <run>/eval_nearest.png. Returns evaluate()'s result.
+    <run>/eval_nearest.png unless write=False (e.g. scoring one run at several seeds without
+    replacing its recorded evaluation). Returns evaluate()'s result.
 
     latent_baselines (GLANN runs): also score, on the same real features, the run's generator fed
     with its training codes (reconstructions: the ceiling), a Gaussian and a Gaussian mixture
@@ -293,7 +294,8 @@ def evaluate_run(run_dir: Union[str, Path], features: str = "domain", num_sample
                             f"modes; drop --features inception")
         result = evaluate_modes(sampler, num_samples, seed)  # the mode-collapse benchmarks count modes
         result["protocol"].update(run=str(run_dir), dataset=sampler.cfg.data.source)
-        write_eval(run_dir / EVAL_FILE, result)
+        if write:
+            write_eval(run_dir / EVAL_FILE, result)
         return result
     ref, train, test = reference_data(sampler.cfg.data, against)
     reference = Dataset(_subset(ref.images, num_samples, seed + 1),
@@ -307,11 +309,13 @@ def evaluate_run(run_dir: Union[str, Path], features: str = "domain", num_sample
         # the verdict on IMLE needs IMLE to have stepped (imle.epochs=0 exports the untrained mapper)
         fitted["imle_epochs"] = sum(r.get("stage") == "imle" for r in Run(run_dir, sampler.cfg).read_metrics())
     result = evaluate(sampler, reference, features, train=train, held_out=test.images if test else None,
-                      seen=seen.images, num_samples=num_samples, seed=seed, grid_path=run_dir / "eval_nearest.png",
+                      seen=seen.images, num_samples=num_samples, seed=seed,
+                      grid_path=run_dir / "eval_nearest.png" if write else None,
                       recon_images=recon_images if test is not None else 0, baselines=baselines,
                       device=sampler.device, **kwargs)
     result["protocol"].update(run=str(run_dir), dataset=sampler.cfg.data.source, against=against, **fitted)
-    write_eval(run_dir / EVAL_FILE, result)
+    if write:
+        write_eval(run_dir / EVAL_FILE, result)
     return result
 
 
