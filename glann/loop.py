@@ -41,10 +41,20 @@ def epoch_loop(stage: str, start: int, epochs: int, budget: "Budget") -> Iterato
     yields; the stage itself breaks out after the epoch its `budget.end_epoch()` says is the last."""
     if budget.exhausted(in_epoch=False):  # a resumed run whose budget is already spent
         return
-    bar = tqdm(range(start, epochs), desc=stage, unit="epoch", initial=start, total=epochs)
-    for epoch in bar:
-        budget.start_epoch()
-        yield epoch, bar
+    # Under a budget the epoch count is a cap the budget usually ends first: no total, no ETA from it.
+    limits = ([] if budget.limit is None else [f"max_seconds={budget.limit:g}"]) + \
+        ([] if budget.max_steps is None else [f"max_steps={budget.max_steps}"])
+    bar = tqdm(desc=f"{stage} ({', '.join(limits)})" if limits else stage, unit="epoch", initial=start,
+               total=None if limits else epochs)
+    try:
+        for epoch in range(start, epochs):
+            budget.start_epoch()
+            try:
+                yield epoch, bar
+            finally:  # also when the stage breaks out after its budget's last epoch: that epoch ran
+                bar.update(1)
+    finally:
+        bar.close()
 
 
 def end_of_epoch(run: Optional["Run"], stage: str, epoch: int, epochs: int, stop: bool, sample_every: int,

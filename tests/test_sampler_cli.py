@@ -132,6 +132,23 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(tmp_path, tiny, monkeyp
     assert torch.equal(sa.sample(8, seed=0), sb.sample(8, seed=0))
 
 
+def test_the_epoch_bar_counts_every_epoch_run_and_shows_the_budget_not_the_epoch_cap():
+    from glann.loop import Budget, epoch_loop
+
+    ran = []
+    for epoch, bar in epoch_loop("GLO", 2, 200, Budget(100.0, {})):  # resumed at epoch 2, a time budget
+        ran.append(epoch)
+        if epoch == 6:  # the stage breaks out after its budget's last epoch
+            break
+    assert ran == [2, 3, 4, 5, 6] and bar.n == 7  # the last epoch counted too (it used to read one short)
+    assert bar.total is None and "max_seconds=100" in bar.desc  # no ETA for 200 epochs the budget never reaches
+    for _, bar in epoch_loop("IMLE", 0, 3, Budget(None, {})):
+        pass
+    assert bar.n == bar.total == 3 and bar.desc == "IMLE"  # no budget: epochs are the whole story
+    spent = Budget(1.0, {"seconds": torch.tensor(5.0)})
+    assert list(epoch_loop("GAN", 0, 3, spent)) == []  # a resumed run whose budget is spent trains nothing
+
+
 def test_a_new_run_refuses_to_overwrite_an_existing_one(trained_run):
     from glann.config import config_from_dict
     from omegaconf import OmegaConf
