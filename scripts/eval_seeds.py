@@ -10,9 +10,10 @@ mixture, and the KID subsets.
 Each run is scored as `glann evaluate RUN --features domain --num-samples 5000 --against test --seed S
 --recon-images 0` would score it (the defaults here), without replacing the run's own eval.json. A
 run's eval.json is reused for the seed it was made with when its protocol matches and it is newer
-than the model, and --out's JSON keeps every result, so a stopped call resumes where it ended. Prints one table (mean and range over the seeds of every run, and of a GLANN
-run's latent baselines), then the first run against each other one, and IMLE against the mixture on
-the first run's codes, seed by seed and on the means; the sentences are drawn from these numbers.
+than the model, and --out's JSON keeps every result, so a stopped call resumes where it ended.
+Prints one table (mean and range over the seeds of every run, and of a GLANN run's latent
+baselines), then the first run against each other one, and IMLE against the mixture on the first
+run's codes, seed by seed and on the means; the sentences are drawn from these numbers.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from typing import Any, Optional
 
 from bench import machine
 
+from glann.checkpoints import checkpoint_file
 from glann.evaluate.metrics import metric_columns
 from glann.evaluate.suite import evaluate_run
 
@@ -47,8 +49,7 @@ def recorded(run: Path, seed: int, args: argparse.Namespace) -> Optional[dict[st
         return None
     p = result.get("protocol", {})
     same = all(p.get(k) == v for k, v in protocol(args).items()) and p.get("seed") == seed
-    glann_without_baselines = (run / "checkpoints").is_dir() and any((run / "checkpoints").glob("glo*")) \
-        and "baselines" not in result
+    glann_without_baselines = checkpoint_file(run, "glo").is_file() and "baselines" not in result
     return result if same and not glann_without_baselines else None
 
 
@@ -80,7 +81,7 @@ def better(a: float, b: float, direction: str) -> bool:
 
 
 def versus(name_a: str, a: dict[int, dict], name_b: str, b: dict[int, dict], seeds: list[int]) -> str:
-    """'FD 12.1 vs 22.8: A ahead in 3 of 3 seeds; ...' on the means, with the per-seed count."""
+    """'FD 12.1 vs 22.8 (A ahead on the mean; A level or ahead in 3 of 3 seeds); ...' for every column."""
     parts = []
     for k, label, direction in COLS:
         va, vb = [float(a[s][k]) for s in seeds], [float(b[s][k]) for s in seeds]
@@ -99,7 +100,8 @@ def main() -> int:
     p.add_argument("--features", default="domain")
     p.add_argument("--num-samples", type=int, default=5000)
     p.add_argument("--against", default="test")
-    p.add_argument("--out", help="write OUT.json (every seed's metrics; reused on a rerun of the same protocol) and OUT.md")
+    p.add_argument("--out", help="write OUT.json (every seed's metrics; reused on a rerun of the same protocol) "
+                                 "and OUT.md")
     args = p.parse_args()
     for run in args.runs:
         if not (run / "config.yaml").is_file():
@@ -132,8 +134,8 @@ def main() -> int:
             by_seed = got[run][name]
             if len(by_seed) == len(args.seeds):
                 vals = [cell([float(by_seed[s][k]) for s in args.seeds], k) for k, _, _ in COLS]
-                lines.append(f"| {run.parent.name}/{run.name} | {name if name == 'samples' else f'↳ {name} on its codes'} | "
-                             + " | ".join(vals) + " |")
+                images = name if name == "samples" else f"↳ {name} on its codes"
+                lines.append(f"| {run.parent.name}/{run.name} | {images} | " + " | ".join(vals) + " |")
     lines += ["", "Mean (min-max) over the evaluation seeds.", ""]
     first = args.runs[0]
     for other in args.runs[1:]:
