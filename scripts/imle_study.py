@@ -26,6 +26,8 @@ from glann.config import config_from_dict
 from glann.evaluate.latent import baseline_images
 from glann.evaluate.suite import evaluate
 from glann.imle import train_imle
+from glann.knn import nearest
+from glann.nets import sphere
 from glann.sampler import Sampler
 from omegaconf import OmegaConf
 
@@ -40,6 +42,16 @@ def scaled_residual(mapper: torch.nn.Module, scale: float, n: int = 5000) -> tup
         p = T.prior(torch.randn(n, T.nz + 1, generator=torch.Generator().manual_seed(1)))
         move = T.net(p).norm(dim=1).mean().item()
     return T, move
+
+
+@torch.no_grad()
+def own_spread(mapper: torch.nn.Module, n: int = 10000) -> float:
+    """Mean distance from each of n mapped samples (on the unit sphere, as the generator sees them) to
+    the nearest other one: how spread out the sampler is (the codes' own, at the same n, for scale)."""
+    mapper.eval()
+    z = sphere(mapper(torch.randn(n, mapper.noise_dim, generator=torch.Generator().manual_seed(2))))
+    d2, _ = nearest(z, z, k=2)
+    return d2[:, 1].clamp_min(0).sqrt().mean().item()
 
 
 def main() -> int:
@@ -65,7 +77,10 @@ def main() -> int:
         images, _ = baseline_images(s, codes, args.num_samples)
         r = evaluate(images.pop("reconstructions"), reference, "domain", classifier=clf, baselines=images,
                      num_samples=args.num_samples)
-        rows.append(("reconstructions", "", r["metrics"], {}))
+        g = torch.Generator().manual_seed(2)
+        some = sphere(codes[torch.randperm(len(codes), generator=g)[:10000]])
+        d2, _ = nearest(some, some, k=2)  # the codes' own spread, for scale
+        rows.append(("reconstructions", "", r["metrics"], {"spread": d2[:, 1].clamp_min(0).sqrt().mean().item()}))
         for name, m in r["baselines"].items():
             rows.append((name, "", m, {}))
     for spec in args.variant or ["base:"]:
@@ -94,7 +109,7 @@ def main() -> int:
         m = fixed.score(sampler.sample(args.num_samples, seed=0))
         nn = res.nn_distances or [float("nan")]  # no epoch: a mixture prior's fit took the whole time
         info = {"epochs": len(res.epoch_seconds), "wall": wall, "nn_first": nn[0], "nn_last": nn[-1],
-                "kmeans_seconds": t_km}
+                "kmeans_seconds": t_km, "spread": own_spread(res.mapper)}
         rows.append((name, " ".join(o for o in overrides if not o.startswith("model.class_counts"))
                      + (f" clusters={clusters} (k-means {t_km:.0f} s)" if clusters else ""), m, info))
         print(name, json.dumps({k: m[k] for k in ("fd", "precision", "recall", "classes_covered", "mode_kl")}), info,
@@ -106,17 +121,19 @@ def main() -> int:
             trained = m
             for a in (float(x) for x in args.step_scales.split(",")):
                 T, move = scaled_residual(res.mapper, a)
+                move = f"{move:.3f}, own spread {own_spread(T):.3f}"
                 # x 1 is the mapper just scored (same samples, seed 0): its metrics, not a second evaluation
                 m = trained if a == 1 else fixed.score(Sampler(G, T, cfg, "cpu").sample(args.num_samples, seed=0))
-                rows.append((f"{name}, f x {a:g}", f"mean move of a sample {move:.3f}", m, {}))
+                rows.append((f"{name}, f x {a:g}", f"mean move of a sample {move}", m, {}))
                 print(rows[-1][:2], json.dumps({k: m[k] for k in ("fd", "precision", "recall", "mode_kl")}), flush=True)
     lines = [f"\n## IMLE on fixed codes of `{run}` ({args.seconds:g} s each; {platform.processor() or platform.machine()}, "
              f"{torch.get_num_threads()} threads, {args.num_samples} samples vs test, domain features)\n",
-             "| variant | overrides | epochs | nn_distance first -> last | FD | precision | recall | classes | KL |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| variant | overrides | epochs | nn_distance first -> last | own spread | FD | precision | recall | classes | KL |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, over, m, info in rows:
-        nn = f"{info['nn_first']:.3f} -> {info['nn_last']:.3f}" if info else ""
-        lines.append(f"| {name} | {over} | {info.get('epochs', '')} | {nn} | {m['fd']:.2f} | {m['precision']:.3f} | "
+        nn = f"{info['nn_first']:.3f} -> {info['nn_last']:.3f}" if "nn_first" in info else ""
+        spread = f"{info['spread']:.3f}" if info else ""
+        lines.append(f"| {name} | {over} | {info.get('epochs', '')} | {nn} | {spread} | {m['fd']:.2f} | {m['precision']:.3f} | "
                      f"{m['recall']:.3f} | {m['classes_covered']} | {m['mode_kl']:.4f} |")
     return emit(lines, args.out)
 
