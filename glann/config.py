@@ -216,10 +216,6 @@ class IMLEConfig:
     # codes. With imle.refresh_every > 1 a resume draws a fresh pool at once (the jitter is not
     # checkpointed).
     code_noise: float = 0.0
-    # Weight of a spread term: each matched pool sample is also pushed away from its nearest other
-    # pool sample (found at the refresh), by -log of their distance (the Kozachenko-Leonenko entropy
-    # estimate), against IMLE's contraction of the samples towards the codes' dense middles. 0: off.
-    spread_weight: float = 0.0
     # Class-conditional IMLE (needs labelled data): the mapper takes a class embedding beside the
     # noise, each class draws its share of the pool, and each code is matched only among the
     # samples of its own class. GLO is unchanged. Sample a class with Sampler.sample(labels=...).
@@ -240,7 +236,6 @@ class IMLEConfig:
             (self.samples_per_point > 0, "imle.samples_per_point must be positive"),
             (self.precision_weight >= 0, f"imle.precision_weight must be >= 0, got {self.precision_weight}"),
             (self.code_noise >= 0, f"imle.code_noise must be >= 0, got {self.code_noise}"),
-            (self.spread_weight >= 0, f"imle.spread_weight must be >= 0, got {self.spread_weight}"),
             (self.rs_quantile is None or 0 < self.rs_quantile < 1,
              f"imle.rs_quantile must be in (0, 1) (or null: plain IMLE), got {self.rs_quantile}"),
             _budget("imle.max_seconds", self.max_seconds),

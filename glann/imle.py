@@ -219,7 +219,6 @@ class _IMLEState:
     labels: Optional[torch.Tensor] = None  # conditional IMLE: this rank's codes' classes
     pool_labels: Optional[torch.Tensor] = None  # conditional IMLE: the pool's classes (`pool_labels`)
     targets: Optional[torch.Tensor] = None  # imle.code_noise: this refresh's jittered codes (else the codes)
-    pool_nn: Optional[torch.Tensor] = None  # imle.spread_weight: each pool sample's nearest other one
 
 
 def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
@@ -324,7 +323,7 @@ def _refresh(s: _IMLEState, cfg: GlannConfig, epoch: int, result: IMLEResult) ->
     every code to it (data -> sample, IMLE Alg. 1). Returns the search's metrics ({} when not due)."""
     ic = cfg.imle
     if not (epoch % ic.refresh_every == 0 or s.match is None or (ic.precision_weight > 0 and s.back is None)
-            or (ic.code_noise > 0 and s.targets is None) or (ic.spread_weight > 0 and s.pool_nn is None)):
+            or (ic.code_noise > 0 and s.targets is None)):
         return {}
     s.targets = _jittered(s.codes, ic, s.rng) if ic.code_noise > 0 else s.codes
     s.noise, samples = draw_pool(s.T, s.m, s.rng, s.codes.device, ic.sphere, s.pool_labels)
@@ -337,11 +336,6 @@ def _refresh(s: _IMLEState, cfg: GlannConfig, epoch: int, result: IMLEResult) ->
         back_d2, back = search(samples, s.codes, ic, 1, s.pool_labels, s.labels)
         s.back = back[:, 0]
         found["sample_nn_distance"] = back_d2[:, 0].clamp_min(0).sqrt().mean().item()
-    if ic.spread_weight > 0:  # each pool sample's nearest other pool sample (the first of 2 that is not itself)
-        own_d2, own = search(samples, samples, ic, 2)
-        itself = own[:, 0] == torch.arange(len(samples), device=samples.device)
-        s.pool_nn = torch.where(itself, own[:, 1], own[:, 0])
-        found["own_spread"] = torch.where(itself, own_d2[:, 1], own_d2[:, 0]).clamp_min(0).sqrt().mean().item()
     result.nn_distances.append(found["nn_distance"])
     result.knn_seconds.append(time.perf_counter() - t_knn)
     return {**found, "knn_seconds": result.knn_seconds[-1]}
@@ -368,15 +362,8 @@ def _imle_epoch(s: _IMLEState, cfg: GlannConfig, epoch: int, run: Optional[Run])
     for step in bar:
         s.cosine.set(epoch, step)
         idx = perm[step * s.batch:(step + 1) * s.batch]
-        rows = s.match[idx]
-        if ic.spread_weight > 0:  # the matched samples and their nearest pool neighbours, in one forward
-            out, out_nb = _map_pool(s, torch.cat([rows, s.pool_nn[rows]])).chunk(2)
-        else:
-            out = _map_pool(s, rows)
+        out = _map_pool(s, s.match[idx])
         loss = F.mse_loss(sphere(out) if ic.sphere else out, targets[idx])
-        if ic.spread_weight > 0:  # push each matched sample and its neighbour apart, where they are now
-            apart = ((sphere(out) - sphere(out_nb)) if ic.sphere else (out - out_nb)).norm(dim=1)
-            loss = loss - ic.spread_weight * torch.log(apart + 1e-6).mean()
         if ic.precision_weight > 0:  # pull pool samples towards their nearest codes too
             j = pool_perm[step * pool_batch:(step + 1) * pool_batch]
             out_s = _map_pool(s, j)
