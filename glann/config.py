@@ -6,6 +6,7 @@ type checking; this module turns its exceptions into a one-line `ConfigError`.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -30,6 +31,14 @@ GAN_LOSSES = ("minimax", "nonsaturating", "lsgan", "wgan-gp", "hinge")
 # Sources whose test split is held-out data; others (folder, array, shapes) have no separate split.
 HELD_OUT_SOURCES = ("fashion_mnist", "mnist", "cifar10")
 STAGES = ("glo", "imle", "gan")  # the stages that keep a checkpoint each
+# Keys a study added and a later commit removed: each with the value that meant "off" (today's
+# behaviour) and the last commit that has it. A config (a run's saved one, or a file) that holds one at
+# that value loads without it, so runs made while it existed still sample, evaluate and resume; at
+# any other value it is refused, since the run depended on what was removed.
+REMOVED_KEYS: dict[str, tuple[Any, str]] = {
+    "glo.code_noise": (0.0, "956a209"),  # decoder smoothing, benchmarks/glo_levers_cpu.md
+    "imle.spread_weight": (0.0, "c6f076b"),  # IMLE's spread term, benchmarks/imle_study_cpu.md
+}
 
 Check = tuple[bool, str]  # (the rule holds, the one-line error naming the key and the fix)
 
@@ -369,6 +378,8 @@ class GlannConfig:
 def _fail(exc: OmegaConfBaseException, where: str) -> ConfigError:
     key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
     msg = str(exc).splitlines()[0]
+    if key in REMOVED_KEYS:  # e.g. an override of a key a study added and a later commit removed
+        return _removed(where, key)
     if key in ("perf.channels_last", "perf.fused_adam"):  # the switches whose auto is null, not 'auto'
         return ConfigError(f"{where}: bad config key '{key}': {msg}; use true, false or null (auto)")
     if key:
@@ -377,6 +388,33 @@ def _fail(exc: OmegaConfBaseException, where: str) -> ConfigError:
         return ConfigError(f"{where}: a value given for a whole config section ({msg}); set one key in it, "
                            f"e.g. glo.epochs=3")
     return ConfigError(f"{where}: {msg}")
+
+
+def _removed(where: str, key: str, value: Any = None) -> ConfigError:
+    """The error for a REMOVED_KEYS key given at another value than its "off" one (or as an override)."""
+    off, commit = REMOVED_KEYS[key]
+    given = key if value is None else f"{key}={value}"
+    return ConfigError(f"{where}: {given} is no longer supported (removed after commit {commit}); set it to {off} "
+                       f"or delete it to go on without it (an existing run then samples and evaluates as it "
+                       f"did), or use glann at {commit}")
+
+
+def _drop_removed(d: Any, where: str) -> Any:
+    """A copy of a config mapping without the REMOVED_KEYS it holds at their "off" value; ConfigError
+    (naming the key and the commit that has it) for one held at any other value."""
+    if not isinstance(d, dict):
+        return d
+    d = copy.deepcopy(d)
+    for key, (off, _) in REMOVED_KEYS.items():
+        *sections, name = key.split(".")
+        holder = d
+        for section in sections:
+            holder = holder.get(section) if isinstance(holder, dict) else None
+        if isinstance(holder, dict) and name in holder:
+            value = holder.pop(name)
+            if value != off:
+                raise _removed(where, key, value)
+    return d
 
 
 def load_config(path: Union[str, Path, None] = None, overrides: Sequence[str] = ()) -> GlannConfig:
@@ -396,6 +434,8 @@ def load_config(path: Union[str, Path, None] = None, overrides: Sequence[str] = 
             loaded = OmegaConf.load(path)
         except Exception as exc:  # yaml.YAMLError and friends
             raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        if OmegaConf.is_dict(loaded):
+            loaded = OmegaConf.create(_drop_removed(OmegaConf.to_container(loaded), str(path)))
         try:
             merged = OmegaConf.merge(merged, loaded)
         except OmegaConfBaseException as exc:
@@ -467,12 +507,13 @@ def to_yaml(cfg: GlannConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-def config_from_dict(d: dict[str, Any]) -> GlannConfig:
-    """Rebuild a config from a saved run's config.yaml contents (validated like a user's)."""
+def config_from_dict(d: dict[str, Any], where: str = "saved config") -> GlannConfig:
+    """Rebuild a config from a saved run's config.yaml contents (validated like a user's); `where`
+    (the file) names it in errors."""
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(GlannConfig), OmegaConf.create(d))
+        merged = OmegaConf.merge(OmegaConf.structured(GlannConfig), OmegaConf.create(_drop_removed(d, where)))
     except OmegaConfBaseException as exc:
-        raise _fail(exc, "saved config") from exc
+        raise _fail(exc, where) from exc
     cfg: GlannConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     validate(cfg)
     return cfg
@@ -525,7 +566,7 @@ def read_run_config(run_dir: Union[str, Path], overrides: Sequence[str] = ()) ->
                               f"or restore it from a copy") from exc
     if not isinstance(raw, dict):
         raise CheckpointError(f"{f} does not hold a config (a mapping of keys); fix it or restore it from a copy")
-    saved = config_from_dict(raw)
+    saved = config_from_dict(raw, str(f))
     if not overrides:
         return saved
     merged = load_config(f, overrides)

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from glann import Sampler, load_config, train
+from glann.config import REMOVED_KEYS
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run_v1"
 LONGER = {"glann": ["glo.epochs=2", "imle.epochs=2"], "gan": ["gan.epochs=2"]}
@@ -59,3 +60,51 @@ def test_save_pretrained_is_the_mirror_of_from_pretrained(method, tmp_path):
     again = Sampler.from_pretrained(tmp_path / "exported", device="cpu")
     assert torch.equal(again.sample(8, seed=3), sampler.sample(8, seed=3))
     assert (again.mapper is None) == (method == "gan")
+
+
+
+def _with_removed_key(tmp_path: Path, value: float) -> Path:
+    """A copy of the old GLANN run whose saved config holds glo.code_noise (a key added by a study and
+    removed again) at this value."""
+    run = shutil.copytree(FIXTURE / "glann", tmp_path / "glann")
+    f = run / "config.yaml"
+    f.write_text(f.read_text().replace("\nglo:\n", f"\nglo:\n  code_noise: {value}\n", 1))
+    assert "code_noise: " + str(value) in f.read_text()
+    return run
+
+
+def test_a_run_saved_with_a_removed_key_at_its_off_value_loads_and_samples_as_it_did(expected, tmp_path):
+    from glann.config import read_run_config
+
+    run = _with_removed_key(tmp_path, 0.0)
+    got = Sampler.from_pretrained(run, device="cpu").sample(8, seed=0)
+    torch.testing.assert_close(got, expected["glann_samples"], atol=ATOL, rtol=0)
+    # what a resume reads: the file again, with overrides on top
+    assert read_run_config(run, LONGER["glann"]).glo.epochs == 2
+
+
+def test_a_removed_key_at_another_value_is_refused_naming_the_file_and_the_commit(tmp_path):
+    from glann.errors import ConfigError
+
+    run = _with_removed_key(tmp_path, 0.1)
+    f = run / "config.yaml"
+    with pytest.raises(ConfigError, match=rf"{f}: glo.code_noise=0.1 is no longer supported .*956a209"):
+        Sampler.from_pretrained(run, device="cpu")
+    with pytest.raises(ConfigError, match=rf"{f}: glo.code_noise=0.1 is no longer supported"):
+        load_config(f)
+    with pytest.raises(ConfigError, match=r"overrides: glo.code_noise is no longer supported .*956a209"):
+        load_config(None, ["glo.code_noise=0.1"])
+
+
+@pytest.mark.parametrize("key", sorted(REMOVED_KEYS))
+def test_every_removed_key_is_dropped_at_its_off_value_and_refused_at_another(key):
+    from glann.config import config_from_dict
+    from glann.errors import ConfigError
+
+    off, commit = REMOVED_KEYS[key]
+    section, name = key.split(".")
+    for value in (off, int(off)):  # 0 in a hand-written YAML means 0.0
+        raw = {section: {name: value}}
+        assert config_from_dict(raw) == load_config() and raw == {section: {name: value}}  # input left as it was
+    with pytest.raises(ConfigError, match=rf"saved config: {key}={off + 0.1} is no longer supported .*{commit}"):
+        config_from_dict({section: {name: off + 0.1}})
