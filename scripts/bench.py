@@ -269,15 +269,25 @@ def perf_rows(args, data, row) -> None:
     def measure(overrides: str) -> float:
         return glo_throughput(config(overrides), data, "lap1", epochs=3 if "compile" in overrides else 2)
 
+    def attempt(overrides: str):  # a switch that fails here (e.g. a compiler error) is a row, not a lost table
+        try:
+            return measure(overrides)
+        except Exception as exc:  # noqa: BLE001 - any failure of a switch is what the row reports
+            return f"failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]}"
+
     first = measure("")
-    results = [(label, o, measure(o)) for o, label in PERF_SWITCHES]
+    results = [(label, o, attempt(o)) for o, label in PERF_SWITCHES]
     last = measure("")
     base = (first + last) / 2
     row("GLO lap1, all perf switches off, images/s", f"{base:.0f}",
         f"before / after the others: {first:.0f} / {last:.0f} (the noise between runs)")
     for label, overrides, value in results:
+        name = f"GLO lap1, {label} (`{overrides}`), images/s"
+        if isinstance(value, str):
+            row(name, "-", value.replace("|", "/"))
+            continue
         note = "last of 3 epochs (compiling is in the first)" if "compile" in overrides else ""
-        row(f"GLO lap1, {label} (`{overrides}`), images/s", f"{value:.0f}", f"{value / base:.2f}x of all off. {note}")
+        row(name, f"{value:.0f}", f"{value / base:.2f}x of all off. {note}")
     gan = "gan_fashion_mnist.yaml"
     off, on = gan_throughput(config("", gan), data), gan_throughput(config(PERF_ALL, gan), data)
     row("GAN (DCGAN) loop, all perf switches off, images/s", f"{off:.0f}", "the same switches apply to G and D")
