@@ -114,6 +114,7 @@ class ModelConfig:
     ngf: int = 64  # width of the last generator conv layer; earlier ones double
     fc_dim: int = 1024  # hidden width of the generator's fully connected stem (reference: 1024)
     batch_norm: bool = True  # reference do_bn: True
+    stem_bias: bool = False  # biases in the generator's fully connected stem (reference: none)
     noise_dim: int = 32  # IMLE noise size (reference: 32)
     mapper_hidden: List[int] = field(default_factory=lambda: [128, 128])
     mapper_batch_norm: bool = True  # batch norm after each hidden mapper layer (reference: yes)

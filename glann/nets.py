@@ -25,11 +25,12 @@ class Generator(nn.Module):
     transposed convolutions. At 28/32 px this is the reference GLANN generator
     (two upsamplings from S/4; about 6.6 M parameters at nz 64, 28 px); at 64/128 px
     it starts from 4 x 4 and doubles four or five times, channels halving down to `ngf`.
-    Inputs are projected to the unit sphere first, as the codes are.
+    Inputs are projected to the unit sphere first, as the codes are. The stem's linear layers have no
+    bias (the reference's) unless `stem_bias`: without batch norm nothing else shifts them.
     """
 
     def __init__(self, nz: int = 64, image_size: int = 28, channels: int = 1, ngf: int = 64,
-                 fc_dim: int = 1024, batch_norm: bool = True, num_classes: int = 0):
+                 fc_dim: int = 1024, batch_norm: bool = True, num_classes: int = 0, stem_bias: bool = False):
         super().__init__()
         if image_size not in IMAGE_SIZES:
             raise ValueError(f"image_size must be one of {IMAGE_SIZES}, got {image_size}")
@@ -48,8 +49,8 @@ class Generator(nn.Module):
             return nn.BatchNorm2d(n) if batch_norm else nn.Identity()
 
         self.stem = nn.Sequential(
-            nn.Linear(nz, fc_dim, bias=False), nn.LeakyReLU(0.2, inplace=True),
-            nn.Linear(fc_dim, self.c0 * s0 * s0, bias=False), norm1d(self.c0 * s0 * s0),
+            nn.Linear(nz, fc_dim, bias=stem_bias), nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(fc_dim, self.c0 * s0 * s0, bias=stem_bias), norm1d(self.c0 * s0 * s0),
             nn.LeakyReLU(0.2, inplace=True),
         )
         layers: list[nn.Module] = []
@@ -427,7 +428,7 @@ def build_generator(cfg: GlannConfig, shape: Sequence[int]) -> Union[Generator, 
     k = num_classes(cfg, "gan")
     if len(shape) == 1:
         return MLPGenerator(m.nz, shape[0], m.mlp_hidden, m.batch_norm, k)
-    return Generator(m.nz, shape[-1], shape[0], m.ngf, m.fc_dim, m.batch_norm, k)
+    return Generator(m.nz, shape[-1], shape[0], m.ngf, m.fc_dim, m.batch_norm, k, m.stem_bias)
 
 
 def build_mapper(cfg: GlannConfig) -> Mapper:

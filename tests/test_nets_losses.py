@@ -19,6 +19,22 @@ def test_generator_at_28px_has_the_reference_size():
     assert 6.4e6 < n < 6.8e6  # reference _netG: about 6.6 M
 
 
+def test_stem_bias_adds_the_stem_biases_and_shifts_the_output():
+    plain = Generator(nz=16, image_size=28, ngf=8, fc_dim=32, batch_norm=False)
+    biased = Generator(nz=16, image_size=28, ngf=8, fc_dim=32, batch_norm=False, stem_bias=True)
+    missing = set(biased.state_dict()) - set(plain.state_dict())
+    assert missing == {"stem.0.bias", "stem.2.bias"}
+    assert count_parameters(biased) == count_parameters(plain) + 32 + 128 * 7 * 7 // 8  # c0 = 16 at ngf 8
+    z = torch.randn(4, 16)
+    with torch.no_grad():
+        for name in ("stem.0.bias", "stem.2.bias"):
+            biased.get_parameter(name).zero_()
+        biased.load_state_dict(plain.state_dict(), strict=False)  # the same weights, zero biases
+        assert torch.allclose(biased.eval()(z), plain.eval()(z))  # zero biases: the same network
+        biased.get_parameter("stem.2.bias").fill_(0.5)
+        assert not torch.allclose(biased(z), plain(z))
+
+
 def test_generator_sees_codes_on_the_sphere():
     G = Generator(nz=8, image_size=28, fc_dim=16, ngf=8).eval()
     z = torch.randn(4, 8)
