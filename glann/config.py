@@ -330,7 +330,8 @@ class PerfConfig:
     (the default; null for the two booleans) turns bf16 autocast, channels_last and fused Adam on
     where they were measured to pay: a CPU with native bf16 (AVX512-BF16 or AMX: 2.1x GLO images/s
     together on an AMD EPYC, benchmarks/perf_cpu.md); elsewhere off (an AVX2 Xeon ran them 0.5x; on
-    a GPU they have not been timed yet). `glann.devices.resolve_perf` turns auto into on or off for a
+    an H200 none gained more than the run's noise and bf16 lost 13%, benchmarks/gpu_h200_issue12.md,
+    where compile failed on CUDA with torch 2.11). `glann.devices.resolve_perf` turns auto into on or off for a
     device, and training records the result in the run's config.yaml."""
 
     amp: str = "auto"  # auto | none | bf16: autocast the networks to bfloat16 (weights, codes, Adam stay fp32)

@@ -1,6 +1,7 @@
 """The one place that turns a device string into a torch.device, and `perf.*` auto into on or off."""
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 
 import torch
@@ -28,6 +29,31 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return device
 
 
+_FREED_MEMORY_KEPT = False
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's allocator to keep freed memory in the process rather than give it back (once per
+    process; Linux with glibc only; returns whether the setting is in force).
+
+    By default glibc maps each allocation over its mmap threshold afresh and unmaps it when freed, and
+    trims the heap's top likewise. The Inception network's activations on a CPU are hundreds of MB per
+    batch, so every batch page-faults them in again: on a 2-core AMD EPYC, 250 images took 42 s with
+    34 s of it in the kernel, against 28 s and 9 s with this setting (benchmarks/gpu_h200_issue12.md).
+    GLO's training spent 3% of its time in the kernel, so nothing else calls it. Peak memory is unchanged;
+    what was freed is reused instead of returned."""
+    global _FREED_MEMORY_KEPT
+    if _FREED_MEMORY_KEPT:
+        return True
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold, most = -1, -3, ctypes.c_int(2 ** 31 - 1)
+        _FREED_MEMORY_KEPT = bool(libc.mallopt(m_trim_threshold, most) and libc.mallopt(m_mmap_threshold, most))
+    except (OSError, AttributeError):  # not glibc (macOS, musl): its allocator's own defaults stay
+        _FREED_MEMORY_KEPT = False
+    return _FREED_MEMORY_KEPT
+
+
 def native_bf16_cpu() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX tiles), as oneDNN uses it.
     Without it bf16 is emulated and slower than fp32 (an AVX2 Xeon: 0.36x, benchmarks/perf_cpu.md)."""
@@ -38,7 +64,7 @@ def native_bf16_cpu() -> bool:
 def resolve_perf(perf: PerfConfig, device: torch.device, vector: bool = False) -> PerfConfig:
     """perf with `auto` (amp) and null (channels_last, fused_adam) decided for `device`: all on for
     image networks on a CPU with native bf16, where together they doubled GLO's images/s; off on
-    other CPUs and on CUDA, where they have not been timed (set them explicitly there), and for
+    other CPUs and on CUDA (on an H200 none paid beyond the noise; set them explicitly there), and for
     vector data (2-D mixtures: small MLPs gain nothing, and bf16 would round points 0.4% apart).
     Explicit values are kept, except channels_last, which vector data (no convolutions) never takes."""
     fast = device.type == "cpu" and not vector and native_bf16_cpu()

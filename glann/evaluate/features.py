@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..devices import keep_freed_memory
 from ..errors import DataError, WeightsError
 from .classifier import DomainClassifier
 
@@ -104,6 +105,8 @@ class InceptionFeatures(nn.Module):
         return ((x - 128.0) / 128.0).clamp_(-1.0, 127.0 / 128.0)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.device.type == "cpu":
+            keep_freed_memory()  # 1.5x faster batches on a CPU (glann.devices.keep_freed_memory)
         feats = self.net(self.preprocess(images))
         if feats.ndim > 2:  # some exports return N x 2048 x 1 x 1
             feats = feats.flatten(2).mean(2)
