@@ -64,7 +64,7 @@ def native_bf16_cpu() -> bool:
 def resolve_perf(perf: PerfConfig, device: torch.device, vector: bool = False) -> PerfConfig:
     """perf with `auto` (amp) and null (channels_last, fused_adam) decided for `device`: all on for
     image networks on a CPU with native bf16, where together they doubled GLO's images/s; off on
-    other CPUs and on CUDA (on an H200 none paid beyond the noise; set them explicitly there), and for
+    other CPUs and on CUDA (an H200 run could not tell them from its ±10% drift; set them there), and for
     vector data (2-D mixtures: small MLPs gain nothing, and bf16 would round points 0.4% apart).
     Explicit values are kept, except channels_last, which vector data (no convolutions) never takes."""
     fast = device.type == "cpu" and not vector and native_bf16_cpu()
