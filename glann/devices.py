@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 
 import torch
 
@@ -29,9 +30,7 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return device
 
 
-_FREED_MEMORY_KEPT = False
-
-
+@functools.cache
 def keep_freed_memory() -> bool:
     """Ask glibc's allocator to keep freed memory in the process rather than give it back (once per
     process; Linux with glibc only; returns whether the setting is in force).
@@ -42,16 +41,12 @@ def keep_freed_memory() -> bool:
     34 s of it in the kernel, against 28 s and 9 s with this setting (benchmarks/gpu_h200_issue12.md).
     GLO's training spent 3% of its time in the kernel, so nothing else calls it. Peak memory is unchanged;
     what was freed is reused instead of returned."""
-    global _FREED_MEMORY_KEPT
-    if _FREED_MEMORY_KEPT:
-        return True
-    try:
+    try:  # cached: one attempt per process, whether it took or not (it runs once per Inception batch)
         libc = ctypes.CDLL("libc.so.6")
         m_trim_threshold, m_mmap_threshold, most = -1, -3, ctypes.c_int(2 ** 31 - 1)
-        _FREED_MEMORY_KEPT = bool(libc.mallopt(m_trim_threshold, most) and libc.mallopt(m_mmap_threshold, most))
+        return bool(libc.mallopt(m_trim_threshold, most) and libc.mallopt(m_mmap_threshold, most))
     except (OSError, AttributeError):  # not glibc (macOS, musl): its allocator's own defaults stay
-        _FREED_MEMORY_KEPT = False
-    return _FREED_MEMORY_KEPT
+        return False
 
 
 def native_bf16_cpu() -> bool:

@@ -89,7 +89,7 @@ def test_perf_auto_turns_the_switches_on_only_for_images_on_a_cpu_with_native_bf
         p = devices.resolve_perf(PerfConfig(), cpu, vector=True)  # 2-D points: never auto
         assert (p.amp, p.channels_last, p.fused_adam) == ("none", False, False)
     monkeypatch.setattr(devices, "native_bf16_cpu", lambda: True)
-    assert devices.resolve_perf(PerfConfig(), cuda).amp == "none"  # no gain on an H200: explicit there
+    assert devices.resolve_perf(PerfConfig(), cuda).amp == "none"  # not adopted on an H200: explicit there
     explicit = PerfConfig(amp="none", channels_last=True, fused_adam=False)
     assert devices.resolve_perf(explicit, cpu) == explicit  # what a config says is kept
 
@@ -107,11 +107,11 @@ def test_keep_freed_memory_sets_glibcs_thresholds_once_and_is_a_no_op_without_gl
             calls.append((param, value.value))
             return 1
 
-    monkeypatch.setattr(devices, "_FREED_MEMORY_KEPT", False)
+    devices.keep_freed_memory.cache_clear()
     monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
     assert devices.keep_freed_memory() and devices.keep_freed_memory()
     assert calls == [(-1, 2 ** 31 - 1), (-3, 2 ** 31 - 1)]  # trim and mmap thresholds, set once
-    monkeypatch.setattr(devices, "_FREED_MEMORY_KEPT", False)
+    devices.keep_freed_memory.cache_clear()
 
     def no_glibc(name):
         raise OSError(f"{name}: cannot open shared object file")
@@ -120,7 +120,7 @@ def test_keep_freed_memory_sets_glibcs_thresholds_once_and_is_a_no_op_without_gl
     assert devices.keep_freed_memory() is False  # another allocator keeps its defaults, no error
     monkeypatch.undo()
     if platform.libc_ver()[0] == "glibc":  # the real call is accepted where CI runs
-        monkeypatch.setattr(devices, "_FREED_MEMORY_KEPT", False)
+        devices.keep_freed_memory.cache_clear()
         assert devices.keep_freed_memory() is True
 
 
