@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: set up, train GLANN on Fashion-MNIST for a time budget (default 510 s of training,
-# 10.5-12 minutes in all on a 2-core CPU), write a sample grid. GLANN splits the budget between GLO and
+# 10-12 minutes in all on a 2-core CPU), write a sample grid. GLANN splits the budget between GLO and
 # IMLE itself. Run again with the same RUN_NAME and it continues that run (a larger MAX_SECONDS
 # trains on; the same one just re-exports). GLO_EPOCHS / IMLE_EPOCHS, when set, cap the stages too.
 set -euo pipefail
