@@ -66,8 +66,9 @@ def stage_budgets(cfg: GlannConfig, n: int, device: torch.device, glo_seconds: O
                     epochs = (imle - probe - fit) / epoch if planned else 0.0
                     measured = (f"an IMLE epoch measures {epoch:.1f} s here{fitted}" if planned else
                                 f"imle.epochs=0{fitted}")
-                    tqdm.write(f"glann: max_seconds={total:g}: {measured}, so IMLE gets {imle:.0f} s "
-                               f"(about {max(epochs, 0):.0f} epochs at that speed) and GLO the other {total - imle:.0f} s", file=sys.stderr)
+                    plan = f"about {max(epochs, 0):.0f} epochs at that speed" if planned else "no epochs"
+                    tqdm.write(f"glann: max_seconds={total:g}: {measured}, so IMLE gets {imle:.0f} s ({plan}) "
+                               f"and GLO the other {total - imle:.0f} s", file=sys.stderr)
                     if mixture and planned and epochs < 1:
                         tqdm.write(f"glann: warning: the mixture's fit fills IMLE's part of max_seconds={total:g} "
                                    f"(at most imle.budget_max_share={cfg.imle.budget_max_share:g} of it), so IMLE "
