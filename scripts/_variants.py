@@ -3,6 +3,7 @@ given as NAME:key=value;key=value, a Markdown table printed and appended to an -
 run's fixed codes and generator with the domain protocol's reference and classifier."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -32,6 +33,17 @@ def emit(lines: list[str], out: Optional[str]) -> int:
         with open(out, "a") as f:
             f.write(text + "\n")
     return 0
+
+
+def metric_cells(m: dict[str, Any]) -> str:
+    """The domain protocol's metrics as a table row's last cells: 'FD | precision | recall | classes | KL'."""
+    return (f"{m['fd']:.2f} | {m['precision']:.3f} | {m['recall']:.3f} | {m['classes_covered']} | "
+            f"{m['mode_kl']:.4f}")
+
+
+def brief(m: dict[str, Any]) -> str:
+    """FD, precision, recall and KL as one JSON line, for a study's progress prints."""
+    return json.dumps({k: m[k] for k in ("fd", "precision", "recall", "mode_kl")})
 
 
 @dataclass

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import time
 from pathlib import Path
 
 import torch
 
-from _variants import emit, load_fixed_run
+from _variants import brief, emit, load_fixed_run, metric_cells
 
 from glann.config import config_from_dict
 from glann.data import load_dataset
@@ -141,7 +140,7 @@ def main() -> int:
     T0.prior.fit(codes, seed=cfg.seed)
     print(f"mixture fit {time.perf_counter() - t0:.1f} s", flush=True)
     rows = [("mixture start, f x 0", "", fixed.score(Sampler(G, T0.eval(), cfg, "cpu").sample(args.num_samples, seed=0)), {})]
-    print(rows[-1][0], json.dumps({k: rows[-1][2][k] for k in ("fd", "precision", "recall", "mode_kl")}), flush=True)
+    print(rows[-1][0], brief(rows[-1][2]), flush=True)
     for spec in args.variants:
         name, o = parse(spec)
         T = copy.deepcopy(T0)
@@ -149,7 +148,7 @@ def main() -> int:
         info = train(G, T, x, codes, o, args.seconds, cfg.seed)
         m = fixed.score(Sampler(G, T, cfg, "cpu").sample(args.num_samples, seed=0))
         rows.append((name, " ".join(f"{k}={v}" for k, v in o.items() if v != DEFAULTS[k]), m, info))
-        print(name, json.dumps({k: m[k] for k in ("fd", "precision", "recall", "mode_kl")}), info, flush=True)
+        print(name, brief(m), info, flush=True)
     lines = [f"\n## Image-space IMLE on fixed codes of `{run}` ({args.seconds:g} s each; "
              f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)\n",
              "| variant | options | rounds / steps | nn first -> last | FD | precision | recall | classes | KL |",
@@ -157,8 +156,7 @@ def main() -> int:
     for name, over, m, i in rows:
         rs = f"{i['rounds']} / {i['steps']}" if i else ""
         nn = f"{i['nn_first']:.3f} -> {i['nn_last']:.3f}" if i else ""
-        lines.append(f"| {name} | {over} | {rs} | {nn} | {m['fd']:.2f} | {m['precision']:.3f} | {m['recall']:.3f} | "
-                     f"{m['classes_covered']} | {m['mode_kl']:.4f} |")
+        lines.append(f"| {name} | {over} | {rs} | {nn} | {metric_cells(m)} |")
     return emit(lines, args.out)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from _variants import emit, load_fixed_run, parse_variant
+from _variants import brief, emit, load_fixed_run, metric_cells, parse_variant
 
 from glann.config import config_from_dict
 from glann.evaluate.latent import baseline_images
@@ -125,7 +125,7 @@ def main() -> int:
                 # x 1 is the mapper just scored (same samples, seed 0): its metrics, not a second evaluation
                 m = trained if a == 1 else fixed.score(Sampler(G, T, cfg, "cpu").sample(args.num_samples, seed=0))
                 rows.append((f"{name}, f x {a:g}", f"mean move of a sample {move}", m, {}))
-                print(rows[-1][:2], json.dumps({k: m[k] for k in ("fd", "precision", "recall", "mode_kl")}), flush=True)
+                print(rows[-1][:2], brief(m), flush=True)
     lines = [f"\n## IMLE on fixed codes of `{run}` ({args.seconds:g} s each; {platform.processor() or platform.machine()}, "
              f"{torch.get_num_threads()} threads, {args.num_samples} samples vs test, domain features)\n",
              "| variant | overrides | epochs | nn_distance first -> last | own spread | FD | precision | recall | classes | KL |",
@@ -133,8 +133,7 @@ def main() -> int:
     for name, over, m, info in rows:
         nn = f"{info['nn_first']:.3f} -> {info['nn_last']:.3f}" if "nn_first" in info else ""
         spread = f"{info['spread']:.3f}" if info else ""
-        lines.append(f"| {name} | {over} | {info.get('epochs', '')} | {nn} | {spread} | {m['fd']:.2f} | {m['precision']:.3f} | "
-                     f"{m['recall']:.3f} | {m['classes_covered']} | {m['mode_kl']:.4f} |")
+        lines.append(f"| {name} | {over} | {info.get('epochs', '')} | {nn} | {spread} | {metric_cells(m)} |")
     return emit(lines, args.out)
 
 
