@@ -174,10 +174,15 @@ class GLOConfig:
     max_seconds: Optional[float] = resumable(None)
     # vgg/lpips only: use randomly initialised backbones (tests and timing; not for real training).
     loss_random_weights: bool = False
+    # vgg only: how many of VGG16's feature maps the loss compares (relu1_2, relu2_2, relu3_2,
+    # relu4_3, pool5; the reference: 3). Fewer are cheaper: with random weights on the 2-core bf16
+    # EPYC GLO ran 720 / 430 / 317 images/s at 1 / 2 / 3 levels, lap1 1,920 (benchmarks/glo_levers_cpu.md).
+    vgg_levels: int = 3
 
     def checks(self) -> list[Check]:
         return [
             (self.loss in LOSSES, f"glo.loss must be one of {LOSSES}, got '{self.loss}'"),
+            (1 <= self.vgg_levels <= 5, f"glo.vgg_levels must be 1 to 5, got {self.vgg_levels}"),
             (self.init in CODE_INITS, f"glo.init must be one of {CODE_INITS}, got '{self.init}'"),
             (self.code_steps in ("row", "shared"), f"glo.code_steps must be row or shared, got '{self.code_steps}'"),
             _budget("glo.max_seconds", self.max_seconds),

@@ -182,7 +182,7 @@ def _setup_glo(data: Dataset, cfg: GlannConfig, run: Optional[Run]) -> _GLOState
                     row_steps=gc.code_steps == "row")
     sched_g = step_scheduler(opt_g, gc.schedule, gc.decay_every, gc.decay_rate)
     sched_z = step_scheduler(opt_z, gc.schedule, gc.decay_every, gc.decay_rate)
-    loss_fn = make_loss(gc.loss, data.channels, gc.loss_random_weights).to(device)
+    loss_fn = make_loss(gc.loss, data.channels, gc.loss_random_weights, gc.vgg_levels).to(device)
     state = {"generator": G, "codes": ShardedState(codes, d, n, n_local), "opt_g": opt_g,
              "opt_z": ShardedState(opt_z, d, n, n_local), "sched_g": sched_g, "sched_z": sched_z}
     start, extra = run.load_stage("glo", state, rng, device) if run else (0, {})

@@ -50,7 +50,8 @@ def test_wrong_type_is_named():
         load_config(None, ["glo.batch_size=many"])
 
 
-@pytest.mark.parametrize("bad", ["glo.loss=ssim", "data.image_size=30", "imle.knn_backend=annoy", "data.channels=2"])
+@pytest.mark.parametrize("bad", ["glo.loss=ssim", "data.image_size=30", "imle.knn_backend=annoy", "data.channels=2",
+                                 "glo.vgg_levels=0", "glo.vgg_levels=6"])
 def test_out_of_range_values_are_refused(bad):
     with pytest.raises(ConfigError, match=bad.split("=")[0]):
         load_config(None, [bad])

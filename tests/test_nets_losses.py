@@ -71,6 +71,18 @@ def test_vgg_loss_with_random_weights_backpropagates_to_the_fake_only():
     assert all(p.grad is None for p in loss.parameters())
 
 
+def test_vgg_levels_compare_that_many_feature_maps():
+    # Level 1 taps relu1_2 only; its backbone stops there. Same weights: the first level's term is
+    # shared, so more levels add (non-negative) terms to the same pixel + relu1_2 loss.
+    torch.manual_seed(0)
+    one = VGGLoss(1, levels=1, random_weights=True)
+    torch.manual_seed(0)
+    three = VGGLoss(1, levels=3, random_weights=True)
+    assert len(one.features) < len(three.features) and len(one.taps) == 1 and len(three.taps) == 3
+    a, b = torch.rand(2, 1, 28, 28), torch.rand(2, 1, 28, 28)
+    assert (three(a, b) > one(a, b)).all() and torch.allclose(one(a, a), torch.zeros(2))
+
+
 def test_grey_vgg_equals_three_channel_vgg_on_repeated_input():
     torch.manual_seed(0)
     rgb = VGGLoss(3, random_weights=True)
