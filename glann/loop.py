@@ -42,7 +42,7 @@ def epoch_loop(stage: str, start: int, epochs: int, budget: "Budget") -> Iterato
     if budget.exhausted(in_epoch=False):  # a resumed run whose budget is already spent
         return
     # Under a budget the epoch count is a cap the budget usually ends first: no total, no ETA from it.
-    limits = ([] if budget.limit is None else [f"max_seconds={round(budget.limit, 1):g}"]) + \
+    limits = ([] if budget.limit is None else [budget.seconds_text]) + \
         ([] if budget.max_steps is None else [f"max_steps={budget.max_steps}"])
     bar = tqdm(desc=f"{stage} ({', '.join(limits)})" if limits else stage, unit="epoch", initial=start,
                total=None if limits else epochs)
@@ -127,9 +127,14 @@ class Budget:
         self._t0 = time.perf_counter()
         stop = self.exhausted(in_epoch=False)
         if stop and stage and epoch + 1 < epochs and current_dist().is_main:
-            limit = (f"max_steps={self.max_steps}" if self._steps_out() else f"max_seconds={round(self.limit, 1):g}")
+            limit = (f"max_steps={self.max_steps}" if self._steps_out() else self.seconds_text)
             tqdm.write(f"{stage}: {stage.lower()}.{limit} reached after {epoch + 1} of {epochs} epochs")
         return stop
+
+    @property
+    def seconds_text(self) -> str:
+        """The limit as printed: 'max_seconds=410.6' (to 0.1 s; a split budget's share has many digits)."""
+        return f"max_seconds={round(self.limit, 1):g}"
 
     def fraction(self, in_epoch: bool = True) -> float:
         """Share of the limit spent, agreed by every rank (their mean); 0 without a limit."""
