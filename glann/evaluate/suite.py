@@ -434,10 +434,11 @@ def baseline_table(result: dict[str, Any]) -> str:
     elif "mixture" in b:
         fd_win = m["fd"] < b["mixture"]["fd"]
         rec_ok = "recall" not in m or m["recall"] >= b["mixture"]["recall"]
-        verdict = ("beat" if fd_win and rec_ok else "did not beat") + " the mixture on the same codes"
+        won = fd_win and rec_ok
+        verdict = ("beat" if won else "did not beat") + " the mixture on the same codes"
         out.append(f"  IMLE {verdict} (FD {m['fd']:.4g} vs {b['mixture']['fd']:.4g}"
                    + (f", recall {m['recall']:.3f} vs {b['mixture']['recall']:.3f})" if "recall" in m else ")"))
-        if not (fd_win and rec_ok):
+        if not won:
             out.append("  to sample that mixture instead of IMLE's mapper, train with imle.epochs=0 (GLO + mixture)")
     if "reconstructions" in b:
         out.append(f"  samples' FD is {m['fd'] / max(b['reconstructions']['fd'], 1e-12):.2f}x the reconstructions'")
