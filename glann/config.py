@@ -294,6 +294,11 @@ class GANConfig:
     # Virtual batch norm in the generator (Salimans et al. 2016): every batch is normalised with the
     # statistics of a fixed reference batch of noise together with itself (one forward of both).
     virtual_batch_norm: bool = False
+    # An exponential moving average of the generator's weights and batch-norm statistics (Yazici et
+    # al. 2019; BigGAN, StyleGAN), updated after every generator step: it is what the grids, the
+    # training-time FD check and the exported sampler use; training itself is unchanged. 0: off;
+    # 0.999 is usual.
+    ema: float = 0.0
     max_steps: Optional[int] = resumable(None)  # budget: stop after this many generator updates
     max_seconds: Optional[float] = resumable(None)  # budget: stop after this much training wall-clock time
 
@@ -306,6 +311,7 @@ class GANConfig:
             (self.pack < 1 or self.batch_size % self.pack == 0,  # pack < 1 is refused above
              f"gan.batch_size ({self.batch_size}) must be a multiple of gan.pack ({self.pack})"),
             (0.0 <= self.label_smoothing < 0.5, "gan.label_smoothing must be in [0, 0.5); 0.1 is usual"),
+            (0.0 <= self.ema < 1.0, f"gan.ema must be in [0, 1) (0: off; 0.999 is usual), got {self.ema}"),
             (not self.conditional or self.pack == 1,
              f"gan.conditional=true judges one sample per decision: set gan.pack=1 (got {self.pack})"),
             (not (self.d_batch_norm and (self.loss == "wgan-gp" or self.r1_gamma > 0)),

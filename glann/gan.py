@@ -4,7 +4,7 @@ Losses: minimax (Goodfellow et al. 2014, the saturating one), non-saturating (sa
 sec. 3), LSGAN (Mao et al. 2017), WGAN-GP (Gulrajani et al. 2017), hinge (Lim & Ye 2017;
 SAGAN). Stabilisers, each a `gan.*` switch: one-sided label smoothing, minibatch standard
 deviation, PacGAN packing, spectral norm, R1 penalty, feature matching, n_critic, separate
-learning rates. Every epoch it logs what diagnoses GAN failure and flags what it sees
+learning rates; and a moving average of the generator's weights (`gan.ema`). Every epoch it logs what diagnoses GAN failure and flags what it sees
 (`diagnose`): vanishing generator gradients, mode collapse, oscillation.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .config import GlannConfig
@@ -39,7 +40,7 @@ DIVERSITY_SAMPLES = 64
 
 @dataclass
 class GANResult:
-    generator: Generator
+    generator: Generator  # the one to sample: with gan.ema, the moving average of the trained one
     discriminator: Discriminator
     history: list[dict[str, float]] = field(default_factory=list)  # per-epoch diagnostics (as logged)
     flags: list[str] = field(default_factory=list)  # "epoch 3: mode collapse (...)", in order seen
@@ -143,6 +144,12 @@ class _GANState:
     ref_noise: Optional[torch.Tensor] = None  # gan.virtual_batch_norm: the fixed reference batch's noise ...
     ref_labels: Optional[torch.Tensor] = None  # ... and, conditional, its classes
     amp: bool = False  # bf16 autocast of G and D (perf.amp, resolved for the device), as GLO has it
+    ema: Optional[AveragedModel] = None  # gan.ema > 0: the moving average of G, kept in eval mode
+
+    @property
+    def sampling_generator(self) -> Generator:
+        """What the grids, the FD check and the export sample: G's moving average, or G itself."""
+        return self.G if self.ema is None else self.ema.module
 
 
 def train_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GANResult:
@@ -170,12 +177,14 @@ def train_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GAN
         # -- diagnostics, on fixed noise so that epochs compare
         s.G.eval()
         with torch.no_grad():
-            samples = s.G(grid_noise, grid_labels)
+            samples = s.G(grid_noise, grid_labels)  # the diagnostics judge the trained G ...
+            shown = samples if s.ema is None else s.ema.module(grid_noise, grid_labels)  # ... the grid what samples
         s.G.train()
         record = _diagnostics(sums, n_d, n_g, cfg.gan.loss, diversity(samples[:DIVERSITY_SAMPLES]) / max(real_diversity, 1e-12))
         if run and run.is_main and cfg.eval.every and (epoch + 1) % cfg.eval.every == 0:
             fd_check = fd_check or DomainFDCheck(cfg, device)
-            record["domain_fd"] = fd_check(s.G)  # no mapper: G takes the N(0, I) noise itself
+            # no mapper: G takes the N(0, I) noise itself
+            record["domain_fd"] = fd_check(s.sampling_generator)
         s.history.append({k: record[k] for k in ("d_acc_real", "d_acc_fake", "g_grad_norm", "diversity_ratio")})
         seen = diagnose(s.history)
         flags += [f"epoch {epoch}: {reason}" for reason in seen.values()]
@@ -184,14 +193,14 @@ def train_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GAN
                       **{f"flag_{k}": float(k in seen) for k in ("vanishing", "collapse", "oscillation")})
         end_of_epoch(run, "gan", epoch, gc.epochs, stop, cfg.sample_every, cfg.checkpoint_every, record,
                      save=lambda: run.save_stage("gan", epoch, s.state, s.rng, extra=s.budget.state()),
-                     grids=lambda: save_grid(to_unit(samples[:cfg.grid_size] if grid_labels is None else samples),
+                     grids=lambda: save_grid(to_unit(shown[:cfg.grid_size] if grid_labels is None else shown),
                                              run.sample_path(f"gan_samples_epoch{epoch:04d}"),
                                              nrow=grid_row(grid_labels)))
         if stop:
             break
     s.G.eval()
     s.D.eval()
-    return GANResult(s.G, s.D, s.history, flags, s.budget.steps, s.budget.spent)
+    return GANResult(s.sampling_generator, s.D, s.history, flags, s.budget.steps, s.budget.spent)
 
 
 def _setup_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run]) -> _GANState:
@@ -209,6 +218,10 @@ def _setup_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run]) -> _GANState
     opt_g = torch.optim.Adam(G.parameters(), lr=gc.lr_generator, betas=betas, fused=fused)
     opt_d = torch.optim.Adam(D.parameters(), lr=gc.lr_discriminator, betas=betas, fused=fused)
     state = {"generator": G, "discriminator": D, "opt_g": opt_g, "opt_d": opt_d}
+    ema = None
+    if gc.ema > 0:  # weights and batch-norm statistics alike; a checkpoint keeps it with G
+        ema = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(gc.ema), use_buffers=True).eval()
+        state["generator_ema"] = ema
     start, extra = run.load_stage("gan", state, rng, device) if run else (0, {})
     if start:
         keep_configured_lr(opt_g, gc.lr_generator)
@@ -224,7 +237,7 @@ def _setup_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run]) -> _GANState
         ref_noise = torch.randn(batch, cfg.model.nz, generator=g).to(device)
         ref_labels = draw_labels(cfg.model.class_counts, batch, g).to(device) if conditional else None
     return _GANState(G, D, opt_g, opt_d, state, rng, budget, start, batch, n // batch, history, conditional,
-                     ref_noise, ref_labels, pc.amp == "bf16")
+                     ref_noise, ref_labels, pc.amp == "bf16", ema)
 
 
 def _fake(s: _GANState, z: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
@@ -315,6 +328,8 @@ def _generator_step(s: _GANState, cfg: GlannConfig, real: torch.Tensor,
     loss_g.backward()
     gnorm = torch.nn.utils.clip_grad_norm_(s.G.parameters(), float("inf"))
     s.opt_g.step()
+    if s.ema is not None:
+        s.ema.update_parameters(s.G)
     return loss_g, gnorm
 
 

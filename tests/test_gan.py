@@ -11,6 +11,7 @@ from glann.evaluate.metrics import diversity
 from glann.gan import diagnose, discriminator_loss, generator_loss, gradient_penalty, r1_penalty, train_gan
 from glann.images import to_model
 from glann.nets import Discriminator, Generator, build_discriminator
+from glann.checkpoints import load_checkpoint
 from glann.runs import Run
 
 # Tiny: 64 shapes, batches of 16, narrow nets: a GAN epoch is a fraction of a second.
@@ -187,10 +188,12 @@ def test_gan_train_then_sample_end_to_end(tiny, tmp_path, capsys):
     assert (tmp_path / "g.png").is_file()
 
 
-def test_gan_resume_equals_uninterrupted(tiny, tmp_path):
-    full = tiny(*GAN_TINY, "name=full", "gan.epochs=2", "gan.minibatch_std=true", "gan.spectral_norm=true")
+@pytest.mark.parametrize("ema", [(), ("gan.ema=0.9",)], ids=["plain", "ema"])
+def test_gan_resume_equals_uninterrupted(tiny, tmp_path, ema):
+    # With gan.ema the checkpoint keeps the moving average too: the exported one must match.
+    full = tiny(*GAN_TINY, "name=full", "gan.epochs=2", "gan.minibatch_std=true", "gan.spectral_norm=true", *ema)
     train(full)
-    half = tiny(*GAN_TINY, "name=half", "gan.epochs=1", "gan.minibatch_std=true", "gan.spectral_norm=true")
+    half = tiny(*GAN_TINY, "name=half", "gan.epochs=1", "gan.minibatch_std=true", "gan.spectral_norm=true", *ema)
     train(half)
     # The saved config wins on resume, so lengthen the run the way a user would: edit its config.yaml.
     cfg_file = tmp_path / "half" / "config.yaml"
@@ -217,3 +220,42 @@ def test_gan_logs_domain_fd_each_epoch_with_eval_every_1(tiny, tmp_path, monkeyp
     run = train(cfg)
     fds = [r.get("domain_fd") for r in Run(run, cfg).read_metrics() if r["stage"] == "gan"]
     assert len(fds) == 2 and all(isinstance(v, float) and v >= 0 for v in fds)
+
+
+def _initial_generator(cfg) -> Generator:
+    """G as _setup_gan builds it before any step (module initialisation draws from the global RNG)."""
+    from glann.nets import build_generator
+
+    torch.manual_seed(cfg.seed)
+    return build_generator(cfg, load_dataset(cfg.data, seed=cfg.seed).shape)
+
+
+def _distance(a: Generator, b: Generator) -> float:
+    return sum((pa - pb).pow(2).sum() for pa, pb in zip(a.parameters(), b.parameters())).sqrt().item()
+
+
+def test_gan_ema_exports_the_moving_average_of_the_generator(tiny):
+    # A slow average stays near where G started; a fast one follows G. Training itself is unchanged:
+    # the trained G (in the checkpoint) is the same with the average on or off.
+    runs = {}
+    for name, ema in (("off", ()), ("slow", ("gan.ema=0.99",)), ("fast", ("gan.ema=0.01",))):
+        cfg = tiny(*GAN_TINY, f"name={name}", "gan.epochs=3", *ema)
+        path = train(cfg)
+        trained = _initial_generator(cfg)
+        trained.load_state_dict(load_checkpoint(Run(path, cfg).checkpoint_path("gan"))["generator"])
+        runs[name] = (trained, Sampler.from_pretrained(path, device="cpu").generator, cfg)
+    start = _initial_generator(runs["off"][2])
+    trained, off, _ = runs["off"]
+    assert _distance(trained, off) == 0  # off: the exported G is the trained one
+    for name in ("slow", "fast"):
+        assert _distance(runs[name][0], trained) == 0, name
+    slow, fast = runs["slow"][1], runs["fast"][1]
+    # 12 steps: the slow average starts from G after its first step and gives the 11 later ones 0.10
+    assert _distance(slow, start) < 0.5 * _distance(trained, start)
+    assert _distance(fast, trained) < 0.05 * _distance(trained, start)
+    assert all(torch.isfinite(b).all() for b in slow.buffers())  # the batch-norm statistics are averaged too
+
+
+def test_gan_ema_of_one_or_more_is_a_config_error(tiny):
+    with pytest.raises(ConfigError, match=r"gan.ema must be in \[0, 1\)"):
+        tiny(*GAN_TINY, "gan.ema=1")
