@@ -135,8 +135,13 @@ def test_conditional_glann_samples_the_asked_classes(tmp_path):
     assert (_nearest_centre(points) == 3).float().mean() >= 0.9
 
 
-def test_conditional_gan_trains_and_follows_its_labels(tmp_path):
-    cfg = ring(tmp_path, "name=cgan", "method=gan", "gan.conditional=true", "gan.epochs=3")
+# gan.ema re-estimates its generator's batch-norm statistics through the same reference batch and classes.
+EMA = pytest.mark.parametrize("ema", [(), ("gan.ema=0.9",)], ids=["plain", "ema"])
+
+
+@EMA
+def test_conditional_gan_trains_and_follows_its_labels(tmp_path, ema):
+    cfg = ring(tmp_path, "name=cgan", "method=gan", "gan.conditional=true", "gan.epochs=3", *ema)
     s = Sampler.from_pretrained(train(cfg), device="cpu")
     assert s.num_classes == 8
     a, b = s.sample(64, seed=0, labels=0), s.sample(64, seed=0, labels=4)
@@ -265,8 +270,10 @@ def test_virtual_batch_norm_normalises_with_the_reference_batch():
     assert torch.allclose(_fake(virtual, a, None), both, atol=1e-6)
 
 
-def test_gan_trains_with_virtual_batch_norm(tmp_path):
-    cfg = ring(tmp_path, "name=vbn", "method=gan", "model.batch_norm=true", "gan.virtual_batch_norm=true", "gan.epochs=2")
+@EMA
+def test_gan_trains_with_virtual_batch_norm(tmp_path, ema):
+    cfg = ring(tmp_path, "name=vbn", "method=gan", "model.batch_norm=true", "gan.virtual_batch_norm=true", "gan.epochs=2",
+               *ema)
     s = Sampler.from_pretrained(train(cfg), device="cpu")
     assert torch.isfinite(s.sample(64, seed=0)).all()
     with pytest.raises(ConfigError, match="virtual_batch_norm=true .* set model.batch_norm=true"):
