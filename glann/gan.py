@@ -260,7 +260,7 @@ def standing_statistics(s: _GANState, cfg: GlannConfig, device: torch.device) ->
     STANDING_BATCHES training-mode batches (BigGAN's standing statistics; torch's update_bn, with
     this G's classes and reference batch). The trained G's running statistics, which the average
     would otherwise hold, belong to other weights: on Fashion-MNIST at 600 s they cost 2.3 FD
-    (benchmarks/race_cpu.md, twenty-second sitting). The same noise every time (seed + 6)."""
+    against a re-estimate made once after training (benchmarks/race_cpu.md, twenty-second sitting). The same noise every time (seed + 6)."""
     G = s.ema.module
     norms = [m for m in G.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not norms:
