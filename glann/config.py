@@ -294,10 +294,11 @@ class GANConfig:
     # Virtual batch norm in the generator (Salimans et al. 2016): every batch is normalised with the
     # statistics of a fixed reference batch of noise together with itself (one forward of both).
     virtual_batch_norm: bool = False
-    # An exponential moving average of the generator's weights and batch-norm statistics (Yazici et
-    # al. 2019; BigGAN, StyleGAN), updated after every generator step: it is what the grids, the
-    # training-time FD check and the exported sampler use; training itself is unchanged. 0: off;
-    # 0.999 is usual.
+    # An exponential moving average of the generator's weights (Yazici et al. 2019; BigGAN,
+    # StyleGAN), updated after every generator step, with batch-norm statistics re-estimated for it
+    # at each epoch's end: it is what the grids, the training-time FD check and the exported sampler
+    # use (the logged diagnostics judge the trained G); training itself is unchanged. 0: off; 0.999
+    # is usual, for runs of thousands of generator steps (at 0.999 the last ~1,000 weigh 63%).
     ema: float = 0.0
     max_steps: Optional[int] = resumable(None)  # budget: stop after this many generator updates
     max_seconds: Optional[float] = resumable(None)  # budget: stop after this much training wall-clock time

@@ -4,8 +4,8 @@ Losses: minimax (Goodfellow et al. 2014, the saturating one), non-saturating (sa
 sec. 3), LSGAN (Mao et al. 2017), WGAN-GP (Gulrajani et al. 2017), hinge (Lim & Ye 2017;
 SAGAN). Stabilisers, each a `gan.*` switch: one-sided label smoothing, minibatch standard
 deviation, PacGAN packing, spectral norm, R1 penalty, feature matching, n_critic, separate
-learning rates; and a moving average of the generator's weights (`gan.ema`). Every epoch it logs what diagnoses GAN failure and flags what it sees
-(`diagnose`): vanishing generator gradients, mode collapse, oscillation.
+learning rates; and a moving average of the generator's weights to sample (`gan.ema`). Every
+epoch it logs what diagnoses GAN failure and flags what it sees (`diagnose`): vanishing generator gradients, mode collapse, oscillation.
 """
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
+import copy
+
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .config import GlannConfig
@@ -145,12 +146,12 @@ class _GANState:
     ref_noise: Optional[torch.Tensor] = None  # gan.virtual_batch_norm: the fixed reference batch's noise ...
     ref_labels: Optional[torch.Tensor] = None  # ... and, conditional, its classes
     amp: bool = False  # bf16 autocast of G and D (perf.amp, resolved for the device), as GLO has it
-    ema: Optional[AveragedModel] = None  # gan.ema > 0: the moving average of G (weights), kept in eval mode
+    ema: Optional[Generator] = None  # gan.ema > 0: the moving average of G's weights, kept in eval mode
 
     @property
     def sampling_generator(self) -> Generator:
         """What the grids, the FD check and the export sample: G's moving average, or G itself."""
-        return self.G if self.ema is None else self.ema.module
+        return self.G if self.ema is None else self.ema
 
 
 def train_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GANResult:
@@ -176,12 +177,12 @@ def train_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run] = None) -> GAN
         sums, n_d, n_g = _gan_epoch(s, data, cfg, epoch, run)
         stop = s.budget.end_epoch()
         if s.ema is not None:  # outside the timed part, as the checks below
-            standing_statistics(s, cfg, device)
+            _standing_statistics(s, cfg)
         # -- diagnostics, on fixed noise so that epochs compare
         s.G.eval()
         with torch.no_grad():
             samples = s.G(grid_noise, grid_labels)  # the diagnostics judge the trained G ...
-            shown = samples if s.ema is None else s.ema.module(grid_noise, grid_labels)  # ... the grid what samples
+            shown = samples if s.ema is None else s.ema(grid_noise, grid_labels)  # ... the grid what samples
         s.G.train()
         record = _diagnostics(sums, n_d, n_g, cfg.gan.loss, diversity(samples[:DIVERSITY_SAMPLES]) / max(real_diversity, 1e-12))
         if run and run.is_main and cfg.eval.every and (epoch + 1) % cfg.eval.every == 0:
@@ -222,8 +223,8 @@ def _setup_gan(data: Dataset, cfg: GlannConfig, run: Optional[Run]) -> _GANState
     opt_d = torch.optim.Adam(D.parameters(), lr=gc.lr_discriminator, betas=betas, fused=fused)
     state = {"generator": G, "discriminator": D, "opt_g": opt_g, "opt_d": opt_d}
     ema = None
-    if gc.ema > 0:  # the weights; its batch-norm statistics are its own (standing_statistics)
-        ema = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(gc.ema)).eval()
+    if gc.ema > 0:  # the weights; its batch-norm statistics are its own (_standing_statistics)
+        ema = copy.deepcopy(G).eval().requires_grad_(False)
         state["generator_ema"] = ema
     start, extra = run.load_stage("gan", state, rng, device) if run else (0, {})
     if start:
@@ -255,13 +256,24 @@ def _fake(s: _GANState, z: torch.Tensor, labels: Optional[torch.Tensor], G: Opti
 
 
 @torch.no_grad()
-def standing_statistics(s: _GANState, cfg: GlannConfig, device: torch.device) -> None:
+def _update_average(s: _GANState, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * G over the weights, after each generator step. By hand
+    rather than torch's AveragedModel, whose update copies a host-side step counter to the device
+    (a wait for the GPU every step) and every buffer too (the batch-norm statistics, which
+    _standing_statistics sets). The benchmarks ran on AveragedModel: the same update, started from G
+    after its first step instead of before it."""
+    torch._foreach_lerp_(list(s.ema.parameters()), list(s.G.parameters()), 1.0 - decay)
+
+
+@torch.no_grad()
+def _standing_statistics(s: _GANState, cfg: GlannConfig) -> None:
     """Give gan.ema's generator the batch-norm statistics of its own weights: the mean over
     STANDING_BATCHES training-mode batches (BigGAN's standing statistics; torch's update_bn, with
-    this G's classes and reference batch). The trained G's running statistics, which the average
-    would otherwise hold, belong to other weights: on Fashion-MNIST at 600 s they cost 2.3 FD
-    against a re-estimate made once after training (benchmarks/race_cpu.md, twenty-second sitting). The same noise every time (seed + 6)."""
-    G = s.ema.module
+    this G's classes and reference batch). The trained G's running statistics belong to other
+    weights: averaged along with the weights, they cost 2.3 FD on Fashion-MNIST at 600 s against a
+    re-estimate made once after training (benchmarks/race_cpu.md). The same noise every time (seed + 6)."""
+    G = s.ema
+    device = next(G.parameters()).device
     norms = [m for m in G.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return
@@ -362,7 +374,7 @@ def _generator_step(s: _GANState, cfg: GlannConfig, real: torch.Tensor,
     gnorm = torch.nn.utils.clip_grad_norm_(s.G.parameters(), float("inf"))
     s.opt_g.step()
     if s.ema is not None:
-        s.ema.update_parameters(s.G)
+        _update_average(s, gc.ema)
     return loss_g, gnorm
 
 

@@ -17,21 +17,24 @@ from pathlib import Path
 
 from glann import Sampler
 from glann.checkpoints import checkpoint_file, load_checkpoint
-from glann.config import read_run_config
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path, help="a finished GAN run trained with gan.ema > 0")
+    ap.add_argument("--force", action="store_true", help="replace an existing RUN_trained")
     args = ap.parse_args()
     averaged = Sampler.from_pretrained(args.run, device="cpu")
     if averaged.cfg.method != "gan" or not averaged.cfg.gan.ema:
         raise SystemExit(f"{args.run} is not a GAN run with gan.ema > 0: nothing to pair")
     G = averaged.generator
     G.load_state_dict(load_checkpoint(checkpoint_file(args.run, "gan"), map_location="cpu")["generator"])
-    cfg = dataclasses.replace(read_run_config(args.run), gan=dataclasses.replace(averaged.cfg.gan, ema=0.0))
+    cfg = dataclasses.replace(averaged.cfg, gan=dataclasses.replace(averaged.cfg.gan, ema=0.0))
     out = args.run.with_name(args.run.name + "_trained")
-    shutil.rmtree(out, ignore_errors=True)
+    if out.exists():
+        if not args.force:
+            raise SystemExit(f"{out} exists; pass --force to replace it")
+        shutil.rmtree(out)
     Sampler(G, None, cfg).save_pretrained(out)
     print(f"wrote {out}: the trained generator of {args.run} (the export there is its moving average)")
 
