@@ -5,16 +5,16 @@ sec. 3), LSGAN (Mao et al. 2017), WGAN-GP (Gulrajani et al. 2017), hinge (Lim & 
 SAGAN). Stabilisers, each a `gan.*` switch: one-sided label smoothing, minibatch standard
 deviation, PacGAN packing, spectral norm, R1 penalty, feature matching, n_critic, separate
 learning rates; and a moving average of the generator's weights to sample (`gan.ema`). Every
-epoch it logs what diagnoses GAN failure and flags what it sees (`diagnose`): vanishing generator gradients, mode collapse, oscillation.
+epoch it logs what diagnoses GAN failure and flags what it sees (`diagnose`): vanishing generator
+gradients, mode collapse, oscillation.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-import copy
-
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
