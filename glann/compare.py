@@ -3,7 +3,9 @@
 A compare config (configs/compare_*.yaml) names methods (a training config + overrides each), the
 seeds, the budget and the metrics. Runs live in <out_dir>/<name>/<method>_s<seed>/; a finished run
 (one with model.safetensors) is not trained again, an interrupted one is resumed, so the command
-can be re-run after a stop and only finishes what is missing.
+can be re-run after a stop and only finishes what is missing. A run kept that way must have been made
+with the config the comparison asks for now: one made otherwise (an older default, another budget)
+is refused before anything trains, rather than reported as if it were this comparison's.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Callable, Dict, List, Optional, Union
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import load_config
+from .config import GlannConfig, config_differences, config_leaves, load_config, read_run_config
 from .errors import ConfigError
 from .checkpoints import MODEL_FILE, atomic_write
 from .pipeline import train
@@ -105,27 +107,47 @@ def compare(config: Union[str, Path, CompareConfig], overrides: List[str] = (),
     with PNG plots into <out_dir>/<name>/. Returns that directory."""
     cc = config if isinstance(config, CompareConfig) else load_compare_config(config, overrides)
     root = Path(cc.out_dir) / cc.name
-    run_dirs = []
-    for seed in cc.seeds:
-        for method, spec in cc.methods.items():
-            cfg = load_config(spec.config, run_overrides(cc, method, seed))
-            run_dir = root / f"{method}_s{seed}"
-            run_dirs.append(run_dir)
-            if (run_dir / MODEL_FILE).is_file():
-                continue  # finished earlier
-            resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("*.pt"))
-            timing = run_dir / TIMING_FILE
-            before = json.loads(timing.read_text()).get("train_seconds", 0.0) if resume and timing.is_file() else 0.0
-            t0 = time.perf_counter()
-            try:
-                train(cfg, resume=resume, run_dir=run_dir)
-            finally:  # written on an interrupt too, so a resumed run's total counts the time before the stop
-                seconds = before + time.perf_counter() - t0
-                if run_dir.is_dir():
-                    atomic_write(timing, lambda tmp: Path(tmp).write_text(json.dumps({"train_seconds": seconds})))
-    return write_report(run_dirs, root, features=cc.features, num_samples=cc.num_samples, metrics_fn=metrics_fn,
-                        title=f"{cc.name}: {len(cc.methods)} methods x {len(cc.seeds)} seeds",
+    runs = [(root / f"{method}_s{seed}", load_config(spec.config, run_overrides(cc, method, seed)))
+            for seed in cc.seeds for method, spec in cc.methods.items()]
+    for run_dir, cfg in runs:  # every kept run is checked before any trains
+        _check_kept_run(run_dir, cfg)
+    for run_dir, cfg in runs:
+        if (run_dir / MODEL_FILE).is_file():
+            continue  # finished earlier
+        resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("*.pt"))
+        timing = run_dir / TIMING_FILE
+        before = json.loads(timing.read_text()).get("train_seconds", 0.0) if resume and timing.is_file() else 0.0
+        t0 = time.perf_counter()
+        try:
+            train(cfg, resume=resume, run_dir=run_dir)
+        finally:  # written on an interrupt too, so a resumed run's total counts the time before the stop
+            seconds = before + time.perf_counter() - t0
+            if run_dir.is_dir():
+                atomic_write(timing, lambda tmp: Path(tmp).write_text(json.dumps({"train_seconds": seconds})))
+    return write_report([run_dir for run_dir, _ in runs], root, features=cc.features, num_samples=cc.num_samples,
+                        metrics_fn=metrics_fn, title=f"{cc.name}: {len(cc.methods)} methods x {len(cc.seeds)} seeds",
                         budget=_budget_text(cc))
+
+
+# Keys a kept run may hold other values of: where it lies (name, out_dir), and what training derives from
+# the machine and the data (the perf switches that auto resolved, a conditional run's class counts).
+_DERIVED = ("name", "out_dir", "model.class_counts")
+
+
+def _check_kept_run(run_dir: Path, cfg: GlannConfig) -> None:
+    """ConfigError when run_dir holds a run (finished or stopped) made with another config than cfg,
+    which the comparison would otherwise keep or resume as it is and report as cfg's."""
+    saved = read_run_config(run_dir)
+    if saved is None:
+        return
+    asked = config_leaves(cfg)
+    differ = {k: v for k, v in config_differences(saved, cfg).items() if k not in _DERIVED
+              and not (k.startswith("perf.") and asked.get(k) in ("auto", None))}
+    if differ:
+        shown = ", ".join(f"{k}={old!r} (asked: {new!r})" for k, (old, new) in list(differ.items())[:3])
+        more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
+        raise ConfigError(f"{run_dir} was made with another config than this comparison asks for: {shown}{more}; "
+                          f"delete that run directory to train it again, or give the comparison a new name=...")
 
 
 def _budget_text(cc: CompareConfig) -> str:

@@ -552,13 +552,22 @@ def _leaves(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
+def config_leaves(cfg: GlannConfig) -> dict[str, Any]:
+    """cfg's values by dotted key ("imle.lr": 0.01, ...)."""
+    return _leaves(OmegaConf.to_container(OmegaConf.structured(cfg)))
+
+
+def config_differences(before: GlannConfig, after: GlannConfig) -> dict[str, tuple[Any, Any]]:
+    """{dotted key: (before's value, after's value)} for every key whose value differs."""
+    a, b = config_leaves(before), config_leaves(after)
+    return {k: (a.get(k), b.get(k)) for k in [*a, *(k for k in b if k not in a)] if a.get(k) != b.get(k)}
+
+
 def check_resume_overrides(saved: GlannConfig, merged: GlannConfig) -> None:
     """ConfigError naming each key an override changed that a resumed run cannot take."""
-    before = _leaves(OmegaConf.to_container(OmegaConf.structured(saved)))
-    after = _leaves(OmegaConf.to_container(OmegaConf.structured(merged)))
     ok = resumable_keys()
-    bad = [k for k in after if after[k] != before.get(k)
-           and not any(k == r or (r.endswith(".") and k.startswith(r)) for r in ok)]
+    bad = [k for k in config_differences(saved, merged)
+           if not any(k == r or (r.endswith(".") and k.startswith(r)) for r in ok)]
     if bad:
         raise ConfigError(f"--resume cannot change {', '.join(bad)}: the run's checkpoints and data were made "
                           f"without it; start a new run (another name=...) or drop the override")

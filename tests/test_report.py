@@ -50,6 +50,18 @@ def test_compare_does_not_retrain_finished_runs(compared, tmp_path):
     assert model.stat().st_mtime_ns == before
 
 
+def test_compare_refuses_a_kept_run_made_with_another_config(compared, tmp_path):
+    shutil.copytree(compared, tmp_path / compared.name)
+    model = tmp_path / compared.name / "gan_s0" / "model.safetensors"
+    before = model.stat().st_mtime_ns
+    (tmp_path / compared.name / "glann_s0" / "model.safetensors").unlink()  # a stopped run is checked too
+    asked = r"glann_s0 was made with another config .*gan\.max_steps=8 \(asked: 9\).*new name="
+    with pytest.raises(ConfigError, match=asked):
+        compare(ROOT / "configs" / "compare_tiny.yaml", [f"out_dir={tmp_path}", "seeds=[0]", "budget_steps=9"])
+    assert model.stat().st_mtime_ns == before  # refused before anything trained
+    assert not (tmp_path / compared.name / "glann_s0" / "model.safetensors").exists()
+
+
 def test_report_cli_rebuilds_the_report_from_run_dirs(compared, tmp_path):
     runs = [str(compared / n) for n in ("glann_s0", "gan_s0")]
     assert main(["report", *runs, "-o", str(tmp_path / "r"), "--features", "basic", "--num-samples", "64"]) == 0
@@ -162,7 +174,7 @@ def _dump_dom(page: Path, profile: Path) -> str:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
 
 
-@pytest.mark.skipif(_chromium() is None, reason="no chromium on PATH (scripts/setup.sh installs Debian's chromium)")
+@pytest.mark.skipif(_chromium() is None, reason="no chromium on PATH (scripts/test.sh installs Debian's chromium)")
 def test_report_html_renders_in_headless_chromium(compared, tmp_path):
     dom = _dump_dom(compared / "report.html", tmp_path / "profile")
     assert '<table class="summary">' in dom and "glann" in dom
@@ -172,7 +184,7 @@ def test_report_html_renders_in_headless_chromium(compared, tmp_path):
     assert int(images.group(1)) >= 7 and decoded.group(1) == images.group(1)
 
 
-@pytest.mark.skipif(_chromium() is None, reason="no chromium on PATH (scripts/setup.sh installs Debian's chromium)")
+@pytest.mark.skipif(_chromium() is None, reason="no chromium on PATH (scripts/test.sh installs Debian's chromium)")
 def test_report_tables_fit_a_1400_px_window(compared, tmp_path):
     report = _race_report(compared, tmp_path)
     dom = _dump_dom(report / "report.html", tmp_path / "profile")
