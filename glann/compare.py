@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional, Union
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import GlannConfig, config_differences, config_leaves, load_config, read_run_config
+from .config import GlannConfig, load_config, read_run_config, run_mismatches
 from .errors import ConfigError
 from .checkpoints import MODEL_FILE, atomic_write
 from .pipeline import train
@@ -114,7 +114,7 @@ def compare(config: Union[str, Path, CompareConfig], overrides: List[str] = (),
     for run_dir, cfg in runs:
         if (run_dir / MODEL_FILE).is_file():
             continue  # finished earlier
-        resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("*.pt"))
+        resume = _stopped(run_dir)
         timing = run_dir / TIMING_FILE
         before = json.loads(timing.read_text()).get("train_seconds", 0.0) if resume and timing.is_file() else 0.0
         t0 = time.perf_counter()
@@ -129,20 +129,18 @@ def compare(config: Union[str, Path, CompareConfig], overrides: List[str] = (),
                         budget=_budget_text(cc))
 
 
-# Keys a kept run may hold other values of: where it lies (name, out_dir), and what training derives from
-# the machine and the data (the perf switches that auto resolved, a conditional run's class counts).
-_DERIVED = ("name", "out_dir", "model.class_counts")
+def _stopped(run_dir: Path) -> bool:
+    """Whether run_dir holds a stopped run that training would resume (one with a checkpoint)."""
+    return (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("*.pt"))
 
 
 def _check_kept_run(run_dir: Path, cfg: GlannConfig) -> None:
-    """ConfigError when run_dir holds a run (finished or stopped) made with another config than cfg,
-    which the comparison would otherwise keep or resume as it is and report as cfg's."""
+    """ConfigError when run_dir holds a run the comparison would keep (finished) or resume (stopped)
+    that was made with another config than cfg, and so would be reported as cfg's."""
+    if not ((run_dir / MODEL_FILE).is_file() or _stopped(run_dir)):
+        return  # nothing kept: a folder without a checkpoint is trained afresh
     saved = read_run_config(run_dir)
-    if saved is None:
-        return
-    asked = config_leaves(cfg)
-    differ = {k: v for k, v in config_differences(saved, cfg).items() if k not in _DERIVED
-              and not (k.startswith("perf.") and asked.get(k) in ("auto", None))}
+    differ = run_mismatches(saved, cfg) if saved is not None else {}
     if differ:
         shown = ", ".join(f"{k}={old!r} (asked: {new!r})" for k, (old, new) in list(differ.items())[:3])
         more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""

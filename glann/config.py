@@ -552,15 +552,28 @@ def _leaves(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
-def config_leaves(cfg: GlannConfig) -> dict[str, Any]:
-    """cfg's values by dotted key ("imle.lr": 0.01, ...)."""
-    return _leaves(OmegaConf.to_container(OmegaConf.structured(cfg)))
-
-
 def config_differences(before: GlannConfig, after: GlannConfig) -> dict[str, tuple[Any, Any]]:
     """{dotted key: (before's value, after's value)} for every key whose value differs."""
-    a, b = config_leaves(before), config_leaves(after)
+    a, b = (_leaves(OmegaConf.to_container(OmegaConf.structured(c))) for c in (before, after))
     return {k: (a.get(k), b.get(k)) for k in [*a, *(k for k in b if k not in a)] if a.get(k) != b.get(k)}
+
+
+# Keys a saved run may hold other values of and still be the run a config asks for: where it lies, what
+# training derives from the data (a conditional run's class counts), and speed switches that change how
+# the same arithmetic is laid out or launched, not what it computes.
+_NOT_THE_RUN = ("name", "out_dir", "model.class_counts", "perf.channels_last", "perf.fused_adam", "perf.compile")
+
+
+def run_mismatches(saved: GlannConfig, asked: GlannConfig) -> dict[str, tuple[Any, Any]]:
+    """{key: (saved, asked)} for the differences that make a saved run another run than `asked` trains.
+
+    Not counted: the keys of _NOT_THE_RUN, perf.amp where `asked` leaves it to auto (training resolves
+    it for the machine), and the sections the method does not read (gan.* for GLANN; glo.* and imle.*
+    for a GAN). A key added to the config since the run was saved reads as today's default, so a
+    changed default of a new key goes unseen."""
+    unused = ("gan.",) if asked.method == "glann" else ("glo.", "imle.")
+    return {k: v for k, v in config_differences(saved, asked).items()
+            if k not in _NOT_THE_RUN and not k.startswith(unused) and not (k == "perf.amp" and v[1] == "auto")}
 
 
 def check_resume_overrides(saved: GlannConfig, merged: GlannConfig) -> None:
