@@ -22,6 +22,7 @@ from .config import GlannConfig, load_config, read_run_config, run_mismatches
 from .errors import ConfigError
 from .checkpoints import MODEL_FILE, atomic_write
 from .pipeline import train
+from .runs import has_checkpoint
 from .report import write_report
 
 TIMING_FILE = "timing.json"  # {"train_seconds": wall-clock of glann.train for this run}
@@ -114,7 +115,7 @@ def compare(config: Union[str, Path, CompareConfig], overrides: List[str] = (),
     for run_dir, cfg in runs:
         if (run_dir / MODEL_FILE).is_file():
             continue  # finished earlier
-        resume = _stopped(run_dir)
+        resume = has_checkpoint(run_dir)
         timing = run_dir / TIMING_FILE
         before = json.loads(timing.read_text()).get("train_seconds", 0.0) if resume and timing.is_file() else 0.0
         t0 = time.perf_counter()
@@ -129,15 +130,10 @@ def compare(config: Union[str, Path, CompareConfig], overrides: List[str] = (),
                         budget=_budget_text(cc))
 
 
-def _stopped(run_dir: Path) -> bool:
-    """Whether run_dir holds a stopped run that training would resume (one with a checkpoint)."""
-    return (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("*.pt"))
-
-
 def _check_kept_run(run_dir: Path, cfg: GlannConfig) -> None:
     """ConfigError when run_dir holds a run the comparison would keep (finished) or resume (stopped)
     that was made with another config than cfg, and so would be reported as cfg's."""
-    if not ((run_dir / MODEL_FILE).is_file() or _stopped(run_dir)):
+    if not ((run_dir / MODEL_FILE).is_file() or has_checkpoint(run_dir)):
         return  # nothing kept: a folder without a checkpoint is trained afresh
     saved = read_run_config(run_dir)
     differ = run_mismatches(saved, cfg) if saved is not None else {}

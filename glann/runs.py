@@ -30,6 +30,11 @@ from .distributed import current as current_dist
 from .errors import CheckpointError
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether run_dir holds a stage checkpoint, so that training there resumes rather than starts."""
+    return (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("*.pt"))
+
+
 class Run:
     """A run directory and its logger. `Run.create` for a new run, `Run.open` to resume."""
 
@@ -58,7 +63,7 @@ class Run:
             saved = run.saved_config() if resume else None  # rank 0 has written the overrides into it
             run.cfg = saved or cfg
             return run
-        has_ckpt = (path / "checkpoints").is_dir() and any((path / "checkpoints").glob("*.pt"))
+        has_ckpt = has_checkpoint(path)
         if resume and not has_ckpt and not (path / "config.yaml").is_file():
             raise CheckpointError(f"--resume: {path} holds no run (no config.yaml, no checkpoint); "
                                   f"start it without --resume")
