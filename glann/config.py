@@ -231,6 +231,13 @@ class IMLEConfig:
     # codes. With imle.refresh_every > 1 a resume draws a fresh pool at once (the jitter is not
     # checkpointed).
     code_noise: float = 0.0
+    # Keep the best mapper, not the last: a tenth of the codes (at most `holdout`) is set aside, IMLE
+    # trains on the rest, and after every epoch (and at the start) the mapper's samples are scored
+    # against the held-out codes by their Fréchet distance in code space (no labels, no evaluation
+    # network). The best-scoring mapper is exported; with model.mapper_prior=mixture that may be the
+    # mixture start itself, when no IMLE epoch fitted the held-out codes better.
+    keep_best: bool = False
+    holdout: int = 5000
     # Class-conditional IMLE (needs labelled data): the mapper takes a class embedding beside the
     # noise, each class draws its share of the pool, and each code is matched only among the
     # samples of its own class. GLO is unchanged. Sample a class with Sampler.sample(labels=...).
@@ -251,6 +258,7 @@ class IMLEConfig:
             (self.samples_per_point > 0, "imle.samples_per_point must be positive"),
             (self.precision_weight >= 0, f"imle.precision_weight must be >= 0, got {self.precision_weight}"),
             (self.code_noise >= 0, f"imle.code_noise must be >= 0, got {self.code_noise}"),
+            (self.holdout >= 2, f"imle.holdout must be >= 2 (codes held out for imle.keep_best), got {self.holdout}"),
             (self.rs_quantile is None or 0 < self.rs_quantile < 1,
              f"imle.rs_quantile must be in (0, 1) (or null: plain IMLE), got {self.rs_quantile}"),
             _budget("imle.max_seconds", self.max_seconds),

@@ -55,7 +55,8 @@ def recorded(run: Path, seed: int, args: argparse.Namespace) -> Optional[dict[st
 
 def score(run: Path, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """{set: metrics} for one run at one evaluation seed ('samples' and any latent baselines), and
-    'imle_epochs' for a GLANN run (0: its mapper took no step, so there is no IMLE to judge)."""
+    'imle_epochs' for a GLANN run (0: its mapper took no step, so there is no IMLE to judge) and
+    'imle_kept_epoch' (imle.keep_best; -1: the start was exported, no IMLE step was kept)."""
     result = recorded(run, seed, args)
     if result is None:  # recon_images=0: the test-image inversion is not in this table
         print(f"scoring {run} at evaluation seed {seed} ...", flush=True)
@@ -66,7 +67,8 @@ def score(run: Path, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"eval_seeds: {run} has no {', '.join(missing)} under --features {args.features} (a "
                          f"mode-collapse benchmark run? score it with scripts/bench_modes.py)")
     return {"samples": result["metrics"], **result.get("baselines", {}),
-            "imle_epochs": result["protocol"].get("imle_epochs")}
+            "imle_epochs": result["protocol"].get("imle_epochs"),
+            "imle_kept_epoch": result["protocol"].get("imle_kept_epoch")}
 
 
 def cell(values: list[float], key: str) -> str:
@@ -147,6 +149,10 @@ def main() -> int:
     elif imle_epochs == {0}:
         lines.append(f"- {label[first]}: its mapper took no IMLE step (imle.epochs=0): its samples are the mixture's "
                      f"start, so there is no IMLE to judge against the mixture.")
+    elif {store[f"{first}@{s}"].get("imle_kept_epoch") for s in args.seeds} == {-1}:
+        lines.append(f"- {label[first]}: IMLE's steps fitted the held-out codes worse than its start, which was "
+                     f"kept (imle.keep_best): its samples are the mixture start's, so there is no IMLE step to "
+                     f"judge against the mixture (the two rows differ only in the mixture's fit and draws).")
     else:
         lines.append(f"- {label[first]}'s IMLE samples against the mixture on its codes: "
                      + versus("IMLE", got[first]["samples"], "mixture", got[first]["mixture"], args.seeds) + ".")

@@ -256,6 +256,11 @@ def test_the_baseline_table_gives_no_imle_verdict_for_a_run_whose_imle_took_no_s
     result["protocol"]["imle_epochs"] = 0  # the samples are the untrained mapper's: nothing to credit IMLE with
     table = baseline_table(result)
     assert "beat" not in table and "IMLE took no step" in table and "before any IMLE step" in table
+    result["protocol"].update(imle_epochs=10, imle_kept_epoch=-1)  # imle.keep_best exported the start
+    table = baseline_table(result)
+    assert "beat" not in table and "imle.keep_best" in table and "before any IMLE step" in table
+    result["protocol"]["imle_kept_epoch"] = 7  # a trained mapper was kept: judged as any other
+    assert "IMLE beat the mixture" in baseline_table(result)
 
 
 def _two_clusters(spread: float) -> torch.Tensor:
@@ -387,3 +392,78 @@ def test_mixture_fit_stops_at_its_iteration_cap_quietly_and_still_finds_the_clus
         warnings.simplefilter("error")  # a user's run shows no "did not converge" for a cap set on purpose
         prior.fit(codes)
     assert torch.cdist(centres, prior.means).min(1).values.max() < 0.2  # each cluster has its component
+
+
+def test_keep_best_exports_the_mapper_that_scored_best_on_the_held_out_codes(tiny, monkeypatch):
+    import glann.imle as imle
+
+    matched = []
+    real_match = imle.match_codes
+    monkeypatch.setattr(imle, "match_codes", lambda codes, *a, **k: matched.append(len(codes)) or real_match(codes, *a, **k))
+    cfg = tiny("model.mapper_prior=mixture", "model.mapper_prior_components=3", "imle.epochs=5", "imle.keep_best=true",
+               "imle.holdout=64")
+    codes, _ = _three_clusters(cfg.model.nz)
+    result = train_imle(codes, cfg, Run.create(cfg))
+    assert set(matched) == {1000 - 64}  # the held-out codes are never matched
+    assert len(result.holdout_fds) == 6  # the start and every epoch
+    best = min(range(6), key=result.holdout_fds.__getitem__)
+    assert result.kept_epoch == best - 1
+    # The exported mapper is the kept one: it scores that epoch's held-out FD again.
+    _, _, held = imle._hold_out(codes, None, cfg)
+    check = imle._HoldoutCheck(held, *_holdout_noise(cfg, result.mapper), best=result.mapper)
+    assert check.score(result.mapper, cfg.imle.sphere) == pytest.approx(result.holdout_fds[best], rel=1e-6)
+
+
+def _holdout_noise(cfg, T):
+    """The fixed noise (and no labels) that _setup_imle gives the held-out check."""
+    import glann.imle as imle
+
+    g = torch.Generator().manual_seed(cfg.seed + 4)
+    return torch.randn(imle.HOLDOUT_SAMPLES, T.noise_dim, generator=g), None
+
+
+def test_keep_best_keeps_the_mixture_start_when_imle_only_moves_away_from_the_codes(tiny):
+    # A step size that throws the residual far: every epoch fits the held-out codes worse than the mixture.
+    over = ("model.mapper_prior=mixture", "model.mapper_prior_components=3", "imle.epochs=3", "imle.lr=0.5",
+            "imle.code_noise=0.5", "imle.holdout=100")
+    codes, _ = _three_clusters(tiny().model.nz)
+    e = torch.randn(200, tiny().model.nz + 1, generator=torch.Generator().manual_seed(5))
+    moved = train_imle(codes, tiny(*over)).mapper
+    with torch.no_grad():
+        assert not torch.allclose(moved(e), moved.prior(e), atol=1e-3)  # without the check, IMLE's steps are exported
+    cfg = tiny(*over, "imle.keep_best=true")
+    result = train_imle(codes, cfg, Run.create(cfg))
+    assert result.kept_epoch == -1 and result.holdout_fds[0] < min(result.holdout_fds[1:])
+    with torch.no_grad():
+        assert torch.allclose(result.mapper(e), result.mapper.prior(e))  # the mixture's own samples
+
+
+def test_keep_best_resumed_equals_uninterrupted(tiny, monkeypatch):
+    from glann.loop import Budget
+
+    over = ("model.mapper_prior=mixture", "model.mapper_prior_components=3", "imle.keep_best=true", "imle.holdout=64",
+            "imle.epochs=4")
+    codes, _ = _three_clusters(tiny().model.nz)
+    whole_cfg = tiny(*over, "name=whole")
+    whole = train_imle(codes, whole_cfg, Run.create(whole_cfg))
+    cfg = tiny(*over, "name=parts")
+    run = Run.create(cfg)
+    real_end = Budget.end_epoch
+    with monkeypatch.context() as mp:  # stop after epoch 1, as a spent budget stops a stage
+        mp.setattr(Budget, "end_epoch", lambda self, stage="", epoch=0, epochs=0: real_end(self) or epoch == 1)
+        train_imle(codes, cfg, run)
+    run.close()
+    resumed = train_imle(codes, cfg, Run.create(cfg, run.path, resume=True))
+    assert resumed.kept_epoch == whole.kept_epoch and resumed.holdout_fds == whole.holdout_fds[3:]
+    for a, b in zip(resumed.mapper.state_dict().values(), whole.mapper.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_keep_best_with_too_few_codes_is_a_one_line_error(tiny):
+    from glann.errors import ConfigError, DataError
+
+    cfg = tiny("imle.keep_best=true")
+    with pytest.raises(DataError, match="imle.keep_best=false"):
+        train_imle(sphere(torch.randn(15, cfg.model.nz)), cfg)
+    with pytest.raises(ConfigError, match="imle.holdout"):
+        tiny("imle.holdout=1")

@@ -307,7 +307,10 @@ def evaluate_run(run_dir: Union[str, Path], features: str = "domain", num_sample
         codes = sphere(load_checkpoint(checkpoint_file(run_dir, "glo"))["codes"]["weight"].float())
         baselines, fitted = baseline_images(sampler, codes, num_samples, seed)
         # the verdict on IMLE needs IMLE to have stepped (imle.epochs=0 exports the untrained mapper)
-        fitted["imle_epochs"] = sum(r.get("stage") == "imle" for r in Run(run_dir, sampler.cfg).read_metrics())
+        imle_log = [r for r in Run(run_dir, sampler.cfg).read_metrics() if r.get("stage") == "imle"]
+        fitted["imle_epochs"] = len(imle_log)
+        if imle_log and "kept_epoch" in imle_log[-1]:  # imle.keep_best: the epoch whose mapper was exported
+            fitted["imle_kept_epoch"] = int(imle_log[-1]["kept_epoch"])
     result = evaluate(sampler, reference, features, train=train, held_out=test.images if test else None,
                       seen=seen.images, num_samples=num_samples, seed=seed,
                       grid_path=run_dir / "eval_nearest.png" if write else None,
@@ -421,7 +424,8 @@ def baseline_table(result: dict[str, Any]) -> str:
     width = max(len(label.get(k, v)) for k, v in BASELINE_ROWS if k in sets)
     out = ["where quality is lost (same generator and real features):",
            f"  {'images':<{width}}  " + "  ".join(f"{lab:>{w}}" for _, lab, w in cols)]
-    stepped = p.get("imle_epochs") != 0  # absent (an older eval.json): a trained mapper
+    kept_start = p.get("imle_kept_epoch") == -1  # imle.keep_best exported the mapper's start
+    stepped = p.get("imle_epochs") != 0 and not kept_start  # absent (an older eval.json): a trained mapper
     if not stepped:
         label["samples"] = "this run's samples (mapper before any IMLE step)"
         width = max(width, len(label["samples"]))
@@ -429,7 +433,10 @@ def baseline_table(result: dict[str, Any]) -> str:
         if key in sets:
             vals = [f"{sets[key][c]:>{w}}" if c == "classes_covered" else f"{sets[key][c]:>{w}.4g}" for c, _, w in cols]
             out.append(f"  {label.get(key, text):<{width}}  " + "  ".join(vals))
-    if "mixture" in b and not stepped:
+    if "mixture" in b and kept_start:
+        out.append("  IMLE's steps fitted the held-out codes worse than its start, which was kept (imle.keep_best): "
+                   "no verdict on IMLE against the mixture")
+    elif "mixture" in b and not stepped:
         out.append("  IMLE took no step in this run (imle.epochs=0 or no time left): no verdict on IMLE against the mixture")
     elif "mixture" in b:
         fd_win = m["fd"] < b["mixture"]["fd"]
