@@ -20,9 +20,8 @@ from .images import save_grid, to_unit
 from .knn import nearest, nearest_within
 from .nets import Generator, Mapper, build_mapper, draw_labels, grid_classes, grid_row, sphere
 from .distributed import current as current_dist
-from .errors import DataError, TrainingError
-from .evaluate.metrics import frechet_distance
-from .evaluate.training import DomainFDCheck
+from .errors import CheckpointError, DataError, TrainingError
+from .evaluate.training import CodeFDCheck, DomainFDCheck
 from .loop import CHECK_EVERY, Budget, Cosine, LossTracker, end_of_epoch, epoch_loop, keep_configured_lr, step_scheduler
 from .runs import Run
 
@@ -37,7 +36,7 @@ class IMLEResult:
     nn_distances: list[float] = field(default_factory=list)  # mean data -> sample NN distance per refresh
     epoch_seconds: list[float] = field(default_factory=list)
     knn_seconds: list[float] = field(default_factory=list)  # the search alone, per refresh
-    holdout_fds: list[float] = field(default_factory=list)  # imle.keep_best: each epoch's score (the start's first)
+    holdout_fds: list[float] = field(default_factory=list)  # imle.keep_best: each epoch's score (first the start's, when scored)
     kept_epoch: Optional[int] = None  # imle.keep_best: the epoch whose mapper `mapper` is (-1: the start)
 
 
@@ -224,40 +223,26 @@ class _IMLEState:
     labels: Optional[torch.Tensor] = None  # conditional IMLE: this rank's codes' classes
     pool_labels: Optional[torch.Tensor] = None  # conditional IMLE: the pool's classes (`pool_labels`)
     targets: Optional[torch.Tensor] = None  # imle.code_noise: this refresh's jittered codes (else the codes)
-    check: Optional["_HoldoutCheck"] = None  # imle.keep_best: the held-out codes and the best mapper so far
+    best: Optional[_KeepBest] = None  # imle.keep_best: the held-out check and the best mapper so far
 
 
 @dataclass
-class _HoldoutCheck:
-    """imle.keep_best: codes IMLE never sees, and the mapper that has fitted them best so far.
+class _KeepBest:
+    """imle.keep_best: the held-out score, and the mapper that has scored best so far (checkpointed)."""
 
-    The score is the Fréchet distance, in code space, between the held-out codes and the samples of
-    fixed noise (no labels, no evaluation network: it is the codes' own distribution). A mapper
-    that moves its start only away from the codes is never exported: with the mixture start, IMLE
-    then keeps the mixture."""
+    check: CodeFDCheck  # the held-out codes of every rank and the fixed noise
+    mapper: Mapper  # a copy of the best mapper
+    epoch: int = -1  # the best mapper's epoch (-1: the start)
+    score: float = math.inf
 
-    held: torch.Tensor  # the held-out codes of every rank (on the sphere with imle.sphere)
-    noise: torch.Tensor  # HOLDOUT_SAMPLES rows of fixed noise
-    labels: Optional[torch.Tensor]  # conditional IMLE: the noise's classes
-    best: Mapper  # a copy of the best mapper (checkpointed)
-    best_epoch: int = -1
-    best_score: float = math.inf
-
-    @torch.no_grad()
-    def score(self, T: Mapper, on_sphere: bool) -> float:
-        """The held-out Fréchet distance of T's samples (rank 0's, on every rank)."""
-        was_training = T.training
-        T.eval()  # as the exported sampler draws
-        z = map_noise(T, self.noise, self.labels)
-        T.train(was_training)
+    def offer(self, T: Mapper, epoch: int) -> float:
+        """Score T (rank 0 scores, so every rank keeps the same mapper) and keep it if it is the best."""
         d = current_dist()
-        fd = frechet_distance(self.held.double().cpu(), (sphere(z) if on_sphere else z).double().cpu()) if d.is_main else 0.0
-        return d.sum(fd)
-
-    def offer(self, T: Mapper, epoch: int, score: float) -> None:
-        if score < self.best_score:
-            self.best.load_state_dict(T.state_dict())
-            self.best_epoch, self.best_score = epoch, score
+        fd = d.sum(self.check(T) if d.is_main else 0.0)
+        if fd < self.score:
+            self.mapper.load_state_dict(T.state_dict())
+            self.epoch, self.score = epoch, fd
+        return fd
 
 
 def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
@@ -271,12 +256,12 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
     each searches it for its own codes. labels (int64, one per code; needed when
     cfg.model.class_counts is set, i.e. imle.conditional): each code's class, for conditional IMLE.
     """
+    _check_labels(codes, cfg, labels)
     codes, labels, held = _hold_out(codes, labels, cfg)
     s, ic, d = _setup_imle(codes, cfg, run, labels, held), cfg.imle, current_dist()
     result = IMLEResult(s.T)
-    if s.check is not None and not s.start:  # the start is a candidate too (with the mixture start: the mixture)
-        result.holdout_fds.append(s.check.score(s.T, ic.sphere))
-        s.check.offer(s.T, -1, result.holdout_fds[-1])
+    if s.best is not None and not s.start:  # the start is a candidate too (with the mixture start: the mixture)
+        result.holdout_fds.append(s.best.offer(s.T, -1))
     grid_labels = grid_classes(cfg.model.class_counts, cfg.grid_size, codes.device)  # conditional: a row per class
     grid_noise = torch.randn(cfg.grid_size if grid_labels is None else len(grid_labels), s.T.noise_dim,
                              generator=torch.Generator().manual_seed(cfg.seed + 2)).to(codes.device)
@@ -296,10 +281,9 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
         if run and run.is_main and generator is not None and cfg.eval.every and (epoch + 1) % cfg.eval.every == 0:
             fd_check = fd_check or DomainFDCheck(cfg, codes.device)  # built once: data, classifier, reference features
             metrics["domain_fd"] = fd_check(generator, s.T)
-        if s.check is not None:
-            result.holdout_fds.append(s.check.score(s.T, ic.sphere))
-            s.check.offer(s.T, epoch, result.holdout_fds[-1])
-            metrics.update(holdout_fd=result.holdout_fds[-1], kept_epoch=s.check.best_epoch)
+        if s.best is not None:
+            result.holdout_fds.append(s.best.offer(s.T, epoch))
+            metrics.update(holdout_fd=result.holdout_fds[-1], kept_epoch=s.best.epoch)
         record = dict(loss=mean, skipped_batches=tracker.skipped, lr=s.opt.param_groups[0]["lr"],
                       epoch_seconds=result.epoch_seconds[-1], seconds=s.budget.spent, **metrics)
         end_of_epoch(run, "imle", epoch, ic.epochs, stop, cfg.sample_every, cfg.checkpoint_every, record,
@@ -308,10 +292,16 @@ def train_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run] = None,
                                                                                    run, epoch))
         if stop:
             break
-    if s.check is not None:
+    if s.best is not None:
         _keep_best(s, result)
     s.T.eval()
     return result
+
+
+def _check_labels(codes: torch.Tensor, cfg: GlannConfig, labels: Optional[torch.Tensor]) -> None:
+    if cfg.model.class_counts and (labels is None or labels.shape != (len(codes),)):
+        raise DataError(f"conditional IMLE (model.class_counts set) needs one label per code: "
+                        f"{len(codes)} codes, labels {None if labels is None else tuple(labels.shape)}")
 
 
 def _hold_out(codes: torch.Tensor, labels: Optional[torch.Tensor],
@@ -322,10 +312,13 @@ def _hold_out(codes: torch.Tensor, labels: Optional[torch.Tensor],
     ic, d = cfg.imle, current_dist()
     if not ic.keep_best:
         return codes, labels, None
-    per_rank = min(ic.holdout // d.world, int(d.sum(len(codes))) // d.world // 10)
+    n = int(d.sum(len(codes)))
+    per_rank = min(ic.holdout // d.world, n // d.world // 10)
     if per_rank * d.world < 2:
+        fix = "raise imle.holdout" if ic.holdout // d.world < 2 else "set imle.keep_best=false"
         raise DataError(f"imle.keep_best scores the mapper on a tenth of the codes (at most imle.holdout="
-                        f"{ic.holdout}), and {len(codes)} codes leave too few; set imle.keep_best=false")
+                        f"{ic.holdout}, split over {d.world} process(es)), which leaves fewer than 2 of "
+                        f"{n} codes; {fix}")
     order = torch.randperm(len(codes), generator=torch.Generator().manual_seed(cfg.seed + 3 + 7919 * d.rank))
     keep = order[per_rank:].sort().values.to(codes.device)
     held = d.all_gather_cat(codes[order[:per_rank].to(codes.device)])
@@ -334,14 +327,14 @@ def _hold_out(codes: torch.Tensor, labels: Optional[torch.Tensor],
 
 def _keep_best(s: _IMLEState, result: IMLEResult) -> None:
     """imle.keep_best: hand back the mapper that scored best on the held-out codes, and say which."""
-    check = s.check
-    assert check is not None
-    s.T.load_state_dict(check.best.state_dict())
-    result.kept_epoch = check.best_epoch
+    best = s.best
+    assert best is not None
+    s.T.load_state_dict(best.mapper.state_dict())
+    result.kept_epoch = best.epoch
     if current_dist().is_main:
-        what = "the start" if check.best_epoch < 0 else f"the mapper of epoch {check.best_epoch}"
-        start = " (the mixture: no epoch fitted the held-out codes better)" if check.best_epoch < 0 and s.T.prior is not None else ""
-        tqdm.write(f"IMLE: kept {what}{start}, held-out code FD {check.best_score:.5f}"
+        what = "the start" if best.epoch < 0 else f"the mapper of epoch {best.epoch}"
+        start = " (the mixture: no epoch fitted the held-out codes better)" if best.epoch < 0 and s.T.prior is not None else ""
+        tqdm.write(f"IMLE: kept {what}{start}, held-out code FD {best.score:.5f}"
                    + (f"; the last epoch scored {result.holdout_fds[-1]:.5f}" if result.holdout_fds else "")
                    + " (imle.keep_best)")
 
@@ -354,9 +347,6 @@ def _setup_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run],
     d = current_dist()
     n = int(d.sum(n_local))
     ic, counts = cfg.imle, cfg.model.class_counts
-    if counts and (labels is None or labels.shape != (n_local,)):
-        raise DataError(f"conditional IMLE (model.class_counts set) needs one label per code: "
-                        f"{n_local} codes, labels {None if labels is None else tuple(labels.shape)}")
     torch.manual_seed(cfg.seed + 1)
     rng = torch.Generator().manual_seed(cfg.seed + 1 + 7919 * d.rank)
     T = build_mapper(cfg).to(device)
@@ -364,16 +354,17 @@ def _setup_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run],
     opt = torch.optim.Adam(T.parameters(), lr=ic.lr, betas=(ic.beta1, ic.beta2), weight_decay=ic.weight_decay)
     sched = step_scheduler(opt, ic.schedule, ic.decay_every, ic.decay_rate)
     state = {"mapper": T, "opt": opt, "sched": sched}
-    check = None
+    best = None
     if held is not None:
-        g = torch.Generator().manual_seed(cfg.seed + 4)
-        noise_labels = draw_labels(counts, HOLDOUT_SAMPLES, g).to(device) if counts else None
-        check = _HoldoutCheck(held, torch.randn(HOLDOUT_SAMPLES, T.noise_dim, generator=g).to(device), noise_labels,
-                              copy.deepcopy(T))
-        state["best_mapper"] = check.best
+        best = _KeepBest(CodeFDCheck(held, cfg, HOLDOUT_SAMPLES, device), copy.deepcopy(T))
+        state["best_mapper"] = best.mapper
     start, extra = run.load_stage("imle", state, rng, device) if run else (0, {})
-    if check is not None and start:
-        check.best_epoch, check.best_score = int(extra["best_epoch"]), float(extra["best_score"])
+    if best is not None and start:
+        if int(extra.get("holdout_world", d.world)) != d.world:
+            raise CheckpointError(f"this IMLE checkpoint held out its imle.keep_best codes over "
+                                  f"{int(extra['holdout_world'])} process(es); resume with as many, or delete "
+                                  f"{run.checkpoint_path('imle')} to start IMLE again")
+        best.epoch, best.score = int(extra["best_epoch"]), float(extra["best_score"])
     if start:
         keep_configured_lr(opt, ic.lr, sched)
     match = extra.get("match")  # the pool in use when the checkpoint was taken
@@ -392,7 +383,7 @@ def _setup_imle(codes: torch.Tensor, cfg: GlannConfig, run: Optional[Run],
         noise = match = back = None  # a new pool at the first refresh: the saved one's classes are not these
     return _IMLEState(T, T_train, codes, opt, sched, state, rng, budget, cosine, start, n,
                       math.ceil(ic.samples_per_point * n) if pool is None else len(pool), batch, steps,
-                      noise, match, back, None if pool is None else labels.to(device), pool, check=check)
+                      noise, match, back, None if pool is None else labels.to(device), pool, best=best)
 
 
 def _fit_prior(T: Mapper, codes: torch.Tensor, n: int, cfg: GlannConfig) -> float:
@@ -483,8 +474,9 @@ def _save_imle(s: _IMLEState, run: Run, epoch: int, codes_epoch: Optional[int]) 
     extra = {"noise": s.noise, "match": current_dist().gather_rows(s.match, s.n), **s.budget.state()}
     if s.back is not None:
         extra["back"] = s.back
-    if s.check is not None:
-        extra.update(best_epoch=torch.tensor(s.check.best_epoch), best_score=torch.tensor(s.check.best_score))
+    if s.best is not None:
+        extra.update(best_epoch=torch.tensor(s.best.epoch), best_score=torch.tensor(s.best.score, dtype=torch.float64),
+                     holdout_world=torch.tensor(current_dist().world))
     if codes_epoch is not None:
         extra["codes_epoch"] = torch.tensor(codes_epoch)
     run.save_stage("imle", epoch, s.state, s.rng, extra=extra)

@@ -27,7 +27,7 @@ from bench import machine
 
 from glann.checkpoints import checkpoint_file
 from glann.evaluate.metrics import metric_columns
-from glann.evaluate.suite import evaluate_run
+from glann.evaluate.suite import evaluate_run, imle_unjudged
 
 KEYS = ("fd", "precision", "recall", "classes_covered", "mode_kl")
 COLS = metric_columns(KEYS)
@@ -143,16 +143,13 @@ def main() -> int:
     for other in args.runs[1:]:
         lines.append(f"- {label[first]} against {label[other]}: " + versus(
             label[first], got[first]["samples"], label[other], got[other]["samples"], args.seeds) + ".")
-    imle_epochs = {store[f"{first}@{s}"].get("imle_epochs") for s in args.seeds}
+    unjudged = {imle_unjudged(store[f"{first}@{s}"]) for s in args.seeds}
     if len(got[first]["mixture"]) < len(args.seeds):
         lines.append(f"- {label[first]}: no latent baselines at every seed (not a GLANN run): no IMLE-vs-mixture line.")
-    elif imle_epochs == {0}:
-        lines.append(f"- {label[first]}: its mapper took no IMLE step (imle.epochs=0): its samples are the mixture's "
-                     f"start, so there is no IMLE to judge against the mixture.")
-    elif {store[f"{first}@{s}"].get("imle_kept_epoch") for s in args.seeds} == {-1}:
-        lines.append(f"- {label[first]}: IMLE's steps fitted the held-out codes worse than its start, which was "
-                     f"kept (imle.keep_best): its samples are the mixture start's, so there is no IMLE step to "
-                     f"judge against the mixture (the two rows differ only in the mixture's fit and draws).")
+    elif len(unjudged) == 1 and None not in unjudged:
+        lines.append(f"- {label[first]}: {unjudged.pop()}, so its samples are its mapper's start (with "
+                     f"model.mapper_prior=mixture, the mixture fitted to its codes) and there is no IMLE step "
+                     f"to judge against the mixture.")
     else:
         lines.append(f"- {label[first]}'s IMLE samples against the mixture on its codes: "
                      + versus("IMLE", got[first]["samples"], "mixture", got[first]["mixture"], args.seeds) + ".")

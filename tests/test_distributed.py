@@ -189,3 +189,46 @@ def test_torchrun_resume_checks_the_runs_saved_config(tmp_path):
     Run.create(load_config(ROOT / "configs" / "tiny.yaml", [f"out_dir={tmp_path}", "skip_nonfinite=true"])).close()
     _spawn(_resume_default_cfg, str(tmp_path))
     assert all("skip_nonfinite" in (tmp_path / f"refused{r}").read_text() for r in range(2))
+
+
+def _keep_best_config(out_dir):
+    from glann.config import load_config
+
+    return load_config(ROOT / "configs" / "tiny.yaml", [f"out_dir={out_dir}", "model.mapper_prior=mixture",
+                                                        "model.mapper_prior_components=3", "imle.keep_best=true",
+                                                        "imle.holdout=64", "imle.epochs=2"])
+
+
+def _keep_best_codes(nz: int) -> torch.Tensor:
+    return torch.nn.functional.normalize(torch.randn(1001, nz, generator=torch.Generator().manual_seed(5)), dim=1)
+
+
+def _keep_best_worker(rank, out_dir):
+    from glann.distributed import current
+    from glann.imle import train_imle
+    from glann.runs import Run
+
+    cfg = _keep_best_config(out_dir)
+    codes = _keep_best_codes(cfg.model.nz)
+    result = train_imle(codes[current().shard(len(codes))], cfg, Run.create(cfg))
+    torch.save({"kept": result.kept_epoch, "fds": torch.tensor(result.holdout_fds),
+                "mapper": result.mapper.state_dict()}, os.path.join(out_dir, f"kept{rank}.pt"))
+
+
+def test_keep_best_across_ranks_keeps_one_mapper_and_refuses_another_world_size(tmp_path):
+    from glann.checkpoints import load_checkpoint
+    from glann.errors import CheckpointError
+    from glann.imle import train_imle
+    from glann.runs import Run
+
+    _spawn(_keep_best_worker, str(tmp_path))
+    a, b = (torch.load(tmp_path / f"kept{r}.pt", weights_only=True) for r in (0, 1))
+    assert a["kept"] == b["kept"] and torch.equal(a["fds"], b["fds"])  # every rank scores and keeps alike
+    for k in a["mapper"]:
+        assert torch.equal(a["mapper"][k], b["mapper"][k]), k
+    cfg = _keep_best_config(tmp_path)
+    run_dir = tmp_path / cfg.name
+    saved = load_checkpoint(run_dir / "checkpoints" / "imle.pt")
+    assert len(saved["extra"]["match"]) == 1001 - 2 * 32  # 32 codes held out on each rank, never matched
+    with pytest.raises(CheckpointError, match="2 process"):  # the held-out rows were chosen per rank
+        train_imle(_keep_best_codes(cfg.model.nz), cfg, Run.create(cfg, run_dir, resume=True))

@@ -409,17 +409,11 @@ def test_keep_best_exports_the_mapper_that_scored_best_on_the_held_out_codes(tin
     best = min(range(6), key=result.holdout_fds.__getitem__)
     assert result.kept_epoch == best - 1
     # The exported mapper is the kept one: it scores that epoch's held-out FD again.
+    from glann.evaluate.training import CodeFDCheck
+
     _, _, held = imle._hold_out(codes, None, cfg)
-    check = imle._HoldoutCheck(held, *_holdout_noise(cfg, result.mapper), best=result.mapper)
-    assert check.score(result.mapper, cfg.imle.sphere) == pytest.approx(result.holdout_fds[best], rel=1e-6)
-
-
-def _holdout_noise(cfg, T):
-    """The fixed noise (and no labels) that _setup_imle gives the held-out check."""
-    import glann.imle as imle
-
-    g = torch.Generator().manual_seed(cfg.seed + 4)
-    return torch.randn(imle.HOLDOUT_SAMPLES, T.noise_dim, generator=g), None
+    check = CodeFDCheck(held, cfg, imle.HOLDOUT_SAMPLES, torch.device("cpu"))
+    assert check(result.mapper) == pytest.approx(result.holdout_fds[best], rel=1e-6)
 
 
 def test_keep_best_keeps_the_mixture_start_when_imle_only_moves_away_from_the_codes(tiny):
@@ -453,9 +447,16 @@ def test_keep_best_resumed_equals_uninterrupted(tiny, monkeypatch):
         mp.setattr(Budget, "end_epoch", lambda self, stage="", epoch=0, epochs=0: real_end(self) or epoch == 1)
         train_imle(codes, cfg, run)
     run.close()
-    resumed = train_imle(codes, cfg, Run.create(cfg, run.path, resume=True))
+    run = Run.create(cfg, run.path, resume=True)
+    resumed = train_imle(codes, cfg, run)
+    run.close()
     assert resumed.kept_epoch == whole.kept_epoch and resumed.holdout_fds == whole.holdout_fds[3:]
     for a, b in zip(resumed.mapper.state_dict().values(), whole.mapper.state_dict().values()):
+        assert torch.equal(a, b)
+    # Resuming the finished run trains nothing and still hands back the kept mapper, not the last.
+    again = train_imle(codes, cfg, Run.create(cfg, run.path, resume=True))
+    assert again.holdout_fds == [] and again.kept_epoch == whole.kept_epoch
+    for a, b in zip(again.mapper.state_dict().values(), whole.mapper.state_dict().values()):
         assert torch.equal(a, b)
 
 
@@ -465,5 +466,8 @@ def test_keep_best_with_too_few_codes_is_a_one_line_error(tiny):
     cfg = tiny("imle.keep_best=true")
     with pytest.raises(DataError, match="imle.keep_best=false"):
         train_imle(sphere(torch.randn(15, cfg.model.nz)), cfg)
+    with pytest.raises(DataError, match="one label per code"):  # checked before any code is held out
+        train_imle(sphere(torch.randn(100, cfg.model.nz)), tiny("imle.keep_best=true", "imle.conditional=true",
+                                                              "model.class_counts=[50,50]"), labels=torch.zeros(101))
     with pytest.raises(ConfigError, match="imle.holdout"):
         tiny("imle.holdout=1")

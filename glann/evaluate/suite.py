@@ -415,6 +415,16 @@ BASELINE_ROWS = (("samples", "this run's samples (IMLE mapper)"),
                  ("mixture", "Gaussian mixture fitted to the codes"), ("gaussian", "one Gaussian fitted to the codes"))
 
 
+def imle_unjudged(protocol: dict[str, Any]) -> Optional[str]:
+    """Why a GLANN run's samples are not IMLE's steps' (None: they are, or an older protocol that
+    does not say): its mapper took no step, or imle.keep_best exported the mapper's start."""
+    if protocol.get("imle_epochs") == 0:
+        return "IMLE took no step in this run (imle.epochs=0 or no time left)"
+    if protocol.get("imle_kept_epoch") == -1:
+        return "IMLE's steps fitted the held-out codes worse than its start, which was exported (imle.keep_best)"
+    return None
+
+
 def baseline_table(result: dict[str, Any]) -> str:
     """The run's samples beside the latent baselines, with a verdict drawn from these numbers."""
     m, b, p = result["metrics"], result["baselines"], result["protocol"]
@@ -424,20 +434,16 @@ def baseline_table(result: dict[str, Any]) -> str:
     width = max(len(label.get(k, v)) for k, v in BASELINE_ROWS if k in sets)
     out = ["where quality is lost (same generator and real features):",
            f"  {'images':<{width}}  " + "  ".join(f"{lab:>{w}}" for _, lab, w in cols)]
-    kept_start = p.get("imle_kept_epoch") == -1  # imle.keep_best exported the mapper's start
-    stepped = p.get("imle_epochs") != 0 and not kept_start  # absent (an older eval.json): a trained mapper
-    if not stepped:
+    unjudged = imle_unjudged(p)
+    if unjudged:
         label["samples"] = "this run's samples (mapper before any IMLE step)"
         width = max(width, len(label["samples"]))
     for key, text in BASELINE_ROWS:
         if key in sets:
             vals = [f"{sets[key][c]:>{w}}" if c == "classes_covered" else f"{sets[key][c]:>{w}.4g}" for c, _, w in cols]
             out.append(f"  {label.get(key, text):<{width}}  " + "  ".join(vals))
-    if "mixture" in b and kept_start:
-        out.append("  IMLE's steps fitted the held-out codes worse than its start, which was kept (imle.keep_best): "
-                   "no verdict on IMLE against the mixture")
-    elif "mixture" in b and not stepped:
-        out.append("  IMLE took no step in this run (imle.epochs=0 or no time left): no verdict on IMLE against the mixture")
+    if "mixture" in b and unjudged:
+        out.append(f"  {unjudged}: no verdict on IMLE against the mixture")
     elif "mixture" in b:
         fd_win = m["fd"] < b["mixture"]["fd"]
         rec_ok = "recall" not in m or m["recall"] >= b["mixture"]["recall"]

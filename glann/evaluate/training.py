@@ -1,10 +1,12 @@
-"""The cheap quality check run during training: domain FD of a few thousand samples against a
+"""The cheap quality checks run during training: domain FD of a few thousand samples against a
 fixed subset of training images, every `eval.every` IMLE or GAN epochs (glann/imle.py and
-glann/gan.py log it)."""
+glann/gan.py log it); and IMLE's held-out check (imle.keep_best), a Fréchet distance in code space
+that needs no labels and no evaluation network, so IMLE may select on it."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
@@ -45,15 +47,46 @@ class DomainFDCheck:
 
     @torch.no_grad()
     def __call__(self, generator: Generator, mapper: Optional[Mapper] = None) -> float:
-        nets = [m for m in (generator, mapper) if m is not None]
-        modes = [m.training for m in nets]
-        for m in nets:
-            m.eval()
-        try:
+        with eval_mode(generator, mapper):
             y = [c if self.conditional else None for c in self.labels.split(1024)]
             fake = torch.cat([to_unit(generator(e, y[i]) if mapper is None else generator(sphere(mapper(e, y[i]))))
                               for i, e in enumerate(self.noise.split(1024))])
-        finally:
-            for m, mode in zip(nets, modes):
-                m.train(mode)
         return frechet_distance(self.real, extract_features(self.features, fake.cpu(), device=self.device))
+
+
+class CodeFDCheck:
+    """imle.keep_best's score: the Fréchet distance, in code space, between held-out codes (float
+    H x nz, on the sphere with imle.sphere) and the mapper's samples of `samples` rows of fixed
+    noise (seed + 4; conditional: labels in the codes' class shares), drawn as the exported sampler
+    draws them (eval mode, projected to the sphere with imle.sphere). The same mapper always scores
+    the same."""
+
+    def __init__(self, held: torch.Tensor, cfg: GlannConfig, samples: int, device: torch.device):
+        g = torch.Generator().manual_seed(cfg.seed + 4)
+        self.held = held.double().cpu()
+        self.noise = torch.randn(samples, noise_size(cfg), generator=g).to(device)
+        counts = cfg.model.class_counts
+        self.labels = draw_labels(counts, samples, g).to(device) if counts else None
+        self.on_sphere = cfg.imle.sphere
+
+    @torch.no_grad()
+    def __call__(self, mapper: Mapper) -> float:
+        from ..imle import map_noise  # imle imports this module
+
+        with eval_mode(mapper):
+            z = map_noise(mapper, self.noise, self.labels)
+        return frechet_distance(self.held, (sphere(z) if self.on_sphere else z).double().cpu())
+
+
+@contextlib.contextmanager
+def eval_mode(*nets: Optional[torch.nn.Module]) -> Iterator[None]:
+    """The given nets (None: skipped) in eval mode for the block, each back in its own mode after."""
+    nets_ = [m for m in nets if m is not None]
+    modes = [m.training for m in nets_]
+    for m in nets_:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(nets_, modes):
+            m.train(mode)
