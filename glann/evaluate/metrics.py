@@ -21,6 +21,11 @@ from ..errors import DataError
 from ..images import save_grid
 from ..knn import nearest
 
+# Each metric here is computed from the whole feature sets it is given, in one process. torchmetrics
+# would otherwise all-gather its states across a torchrun job at compute(), which hangs when one rank
+# scores alone (the training-time checks run on rank 0) and double-counts when every rank scores.
+LOCAL = {"sync_on_compute": False}
+
 
 class Precomputed(nn.Module):
     """The identity as a torchmetrics feature module: `update` receives features, not images.
@@ -49,7 +54,7 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (float N x d, M x d); FID
     when the features are Inception pool3."""
     _check(real, fake)
-    metric = FrechetInceptionDistance(feature=Precomputed(real.shape[1]), reset_real_features=False)
+    metric = FrechetInceptionDistance(feature=Precomputed(real.shape[1]), reset_real_features=False, **LOCAL)
     metric.update(real.double(), real=True)
     metric.update(fake.double(), real=False)
     return float(metric.compute())
@@ -69,7 +74,7 @@ def kernel_distance(real: torch.Tensor, fake: torch.Tensor, subset_size: int = 1
     size = kid_subset_size(subset_size, min(real.shape[0], fake.shape[0]))
     with warnings.catch_warnings():  # "KID keeps all features in memory": it is meant to, here
         warnings.simplefilter("ignore", UserWarning)
-        metric = KernelInceptionDistance(feature=Precomputed(real.shape[1]), subsets=subsets, subset_size=size)
+        metric = KernelInceptionDistance(feature=Precomputed(real.shape[1]), subsets=subsets, subset_size=size, **LOCAL)
     metric.update(real, real=True)
     metric.update(fake, real=False)
     state = torch.random.get_rng_state()
@@ -166,7 +171,7 @@ def domain_score(probs: torch.Tensor, splits: int = 10, seed: int = 0) -> tuple[
     class and the classes are spread; at most K. Not comparable with a published IS."""
     with warnings.catch_warnings():  # its note that it buffers every feature: N x K here, small
         warnings.simplefilter("ignore", UserWarning)
-        metric = InceptionScore(feature=nn.Identity(), splits=splits)
+        metric = InceptionScore(feature=nn.Identity(), splits=splits, **LOCAL)
     metric.update(probs.double().clamp_min(1e-12).log())
     with torch.random.fork_rng(devices=[]):  # compute() shuffles with the global RNG
         torch.manual_seed(seed)
