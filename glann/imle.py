@@ -322,7 +322,7 @@ def _hold_out(codes: torch.Tensor, labels: Optional[torch.Tensor],
     order = torch.randperm(len(codes), generator=torch.Generator().manual_seed(cfg.seed + 3 + 7919 * d.rank))
     keep = order[per_rank:].sort().values.to(codes.device)
     held = d.all_gather_cat(codes[order[:per_rank].to(codes.device)])
-    return codes[keep], None if labels is None else labels[keep], sphere(held) if ic.sphere else held
+    return codes[keep], None if labels is None else labels[keep], held
 
 
 def _keep_best(s: _IMLEState, result: IMLEResult) -> None:

@@ -56,18 +56,18 @@ class DomainFDCheck:
 
 class CodeFDCheck:
     """imle.keep_best's score: the Fréchet distance, in code space, between held-out codes (float
-    H x nz, on the sphere with imle.sphere) and the mapper's samples of `samples` rows of fixed
+    H x nz) and the mapper's samples of `samples` rows of fixed
     noise (seed + 4; conditional: labels in the codes' class shares), drawn as the exported sampler
-    draws them (eval mode, projected to the sphere with imle.sphere). The same mapper always scores
-    the same."""
+    draws them (eval mode). With imle.sphere both sides are projected to the sphere, as the
+    generator sees them. The same mapper always scores the same."""
 
     def __init__(self, held: torch.Tensor, cfg: GlannConfig, samples: int, device: torch.device):
         g = torch.Generator().manual_seed(cfg.seed + 4)
-        self.held = held.double().cpu()
+        self.on_sphere = cfg.imle.sphere
+        self.held = (sphere(held) if self.on_sphere else held).double().cpu()
         self.noise = torch.randn(samples, noise_size(cfg), generator=g).to(device)
         counts = cfg.model.class_counts
         self.labels = draw_labels(counts, samples, g).to(device) if counts else None
-        self.on_sphere = cfg.imle.sphere
 
     @torch.no_grad()
     def __call__(self, mapper: Mapper) -> float:
