@@ -31,7 +31,8 @@ from glann.config import load_config
 from glann.data import load_dataset, mixture_spec
 from glann.evaluate.modes import mixture_modes
 from glann.evaluate.suite import evaluate_modes
-from glann.imle import map_noise, train_imle
+from glann.imle import train_imle
+from glann.imle_pool import map_noise
 
 ROOT = Path(__file__).resolve().parents[1]
 GAN_VARIANTS = {

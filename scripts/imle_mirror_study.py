@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from _variants import load_fixed_run
 
 from glann.checkpoints import load_checkpoint, save_checkpoint
-from glann.imle import map_noise
+from glann.imle_pool import map_noise
 from glann.knn import nearest
 from glann.nets import build_mapper, sphere
 from glann.sampler import Sampler

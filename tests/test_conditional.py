@@ -9,7 +9,8 @@ from glann import Sampler, train
 from glann.config import load_config
 from glann.data import DEBIAN_DIR, load_dataset, mixture_spec
 from glann.errors import ConfigError, DataError
-from glann.imle import match_codes, pool_labels, train_imle
+from glann.imle import train_imle
+from glann.imle_pool import match_codes, pool_labels
 from glann.knn import nearest, nearest_within
 from glann.nets import Generator, sphere
 
@@ -77,7 +78,7 @@ def test_conditional_matching_never_crosses_classes(tiny, rs):
 def test_the_pool_keeps_its_classes_apart_when_drawn_in_chunks(tiny, monkeypatch):
     """In train mode the mapper's batch norm takes each chunk's statistics; a chunk of one class
     would normalise its class embedding away. The pool is class-ordered, so it is mapped shuffled."""
-    import glann.imle as imle
+    import glann.imle_pool as imle_pool
     from glann.nets import build_mapper
 
     cfg = tiny("imle.conditional=true", "model.class_counts=[64,64,64,64]")
@@ -86,13 +87,13 @@ def test_the_pool_keeps_its_classes_apart_when_drawn_in_chunks(tiny, monkeypatch
     pool = pool_labels(cfg.model.class_counts, 1.0)
 
     def class_spread() -> float:
-        _, samples = imle.draw_pool(T, len(pool), torch.Generator().manual_seed(3),
-                                    torch.device("cpu"), labels=pool)
+        _, samples = imle_pool.draw_pool(T, len(pool), torch.Generator().manual_seed(3),
+                                         torch.device("cpu"), labels=pool)
         means = torch.stack([samples[pool == c].mean(0) for c in range(4)])
         return float((means - means.mean(0)).norm(dim=1).mean())
 
     whole = class_spread()  # one chunk: statistics over every class
-    monkeypatch.setattr(imle, "SAMPLE_BATCH", 64)  # four chunks, as many as classes
+    monkeypatch.setattr(imle_pool, "SAMPLE_BATCH", 64)  # four chunks, as many as classes
     assert class_spread() > 0.5 * whole
 
 

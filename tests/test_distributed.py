@@ -49,7 +49,7 @@ def test_shards_are_disjoint_and_cover_the_data(n):
 def _assign(rank, out_dir):
     from glann.config import load_config
     from glann.distributed import current
-    from glann.imle import draw_pool
+    from glann.imle_pool import draw_pool
     from glann.nets import build_mapper
     from glann.knn import nearest
 
@@ -79,7 +79,7 @@ def test_imle_assignment_across_ranks_equals_the_single_process_one(tmp_path):
 def _assign_conditional(rank, out_dir):
     from glann.config import load_config
     from glann.distributed import current
-    from glann.imle import draw_pool, match_codes, pool_labels
+    from glann.imle_pool import draw_pool, match_codes, pool_labels
     from glann.nets import build_mapper
 
     cfg = load_config(ROOT / "configs" / "tiny.yaml", ["imle.conditional=true", "model.class_counts=[40,35,26]"])

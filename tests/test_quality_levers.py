@@ -12,7 +12,8 @@ from glann import train
 from glann.config import load_config
 from glann.data import load_dataset
 from glann.glo import RowAdam, pca_codes, train_glo
-from glann.imle import match_codes, train_imle
+from glann.imle import train_imle
+from glann.imle_pool import match_codes
 from glann.knn import nearest
 from glann.nets import sphere
 from glann.runs import Run

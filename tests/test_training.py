@@ -279,13 +279,13 @@ def test_time_budget_stops_glo_and_imle_and_holds_across_resume(tiny):
 
 
 def test_imle_pool_never_leaves_batch_norm_a_one_row_chunk(monkeypatch):
-    import glann.imle as imle
+    import glann.imle_pool as imle_pool
 
-    monkeypatch.setattr(imle, "SAMPLE_BATCH", 8)
-    mapper = imle.Mapper(4, 3, (16,)).train()
+    monkeypatch.setattr(imle_pool, "SAMPLE_BATCH", 8)
+    mapper = imle_pool.Mapper(4, 3, (16,)).train()
     seen = []
     mapper.register_forward_hook(lambda mod, inp, out: seen.append(len(inp[0])))
-    out = imle.map_noise(mapper, torch.randn(17, 4))  # split(8) would leave one row: batch norm raises
+    out = imle_pool.map_noise(mapper, torch.randn(17, 4))  # split(8) would leave one row: batch norm raises
     assert out.shape == (17, 3) and seen == [6, 6, 5]
 
 

@@ -14,6 +14,7 @@ from ..config import GlannConfig
 from ..data import load_dataset
 from ..errors import ConfigError
 from ..images import to_unit
+from ..imle_pool import map_noise
 from ..nets import Generator, Mapper, draw_labels, noise_size, sphere
 from .classifier import domain_classifier
 from .features import DomainFeatures, extract_features
@@ -71,8 +72,6 @@ class CodeFDCheck:
 
     @torch.no_grad()
     def __call__(self, mapper: Mapper) -> float:
-        from ..imle import map_noise  # imle imports this module
-
         with eval_mode(mapper):
             z = map_noise(mapper, self.noise, self.labels)
         return frechet_distance(self.held, (sphere(z) if self.on_sphere else z).double().cpu())
