@@ -5,10 +5,13 @@ samples against the test split).
 
     python scripts/mixture_fit_study.py RUN 200,20000 20,20000 10,20000 5,20000   # ITERS,CODES ...
     python scripts/mixture_fit_study.py RUN 10,20000,50 10,60000,200              # ITERS,CODES,COMPONENTS
+    python scripts/mixture_fit_study.py RUN 10,20000 10,60000 --fit-seeds 0 1 2   # each setting at 3 fit seeds
 
 Prints one Markdown row per setting: EM iterations (at most), codes fitted, components asked for
 (50 unless given) and fitted (at most one per 4 nz codes, as MixturePrior.fit caps them), fit
-seconds, FD, precision, recall, KL. RUN is a GLANN run directory whose checkpoints/glo.pt holds the codes.
+seconds, FD, precision, recall, KL; with several --fit-seeds one row per seed (another sample of the
+codes and another k-means start), then the mean. Every row draws the same noise and is scored
+against the same test images, so rows differ only by the fit. RUN is a GLANN run directory whose checkpoints/glo.pt holds the codes.
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ def main() -> int:
     p.add_argument("settings", nargs="+",
                    help="ITERS,CODES[,COMPONENTS]: EM iterations at most, codes fitted, components (default 50)")
     p.add_argument("--num-samples", type=int, default=5000)
+    p.add_argument("--fit-seeds", type=int, nargs="+", default=[0], help="fit each setting at these seeds")
     p.add_argument("--out", help="append the table (Markdown) to this file")
     args = p.parse_args()
     settings = []
@@ -54,20 +58,34 @@ def main() -> int:
     fixed = load_fixed_run(Path(args.run), args.num_samples)
     sampler = Sampler(fixed.generator, None, fixed.cfg, "cpu")
     nz = fixed.codes.shape[1]
-    lines = [f"\nMixture fits to the codes of `{args.run}` (full covariance, seed 0)", "",
-             "| EM iterations (cap) | codes fitted | components (fitted) | fit s | FD | precision | recall | KL |",
-             "|---|---|---|---|---|---|---|---|"]
+    seeds = " ".join(map(str, args.fit_seeds))
+    lines = [f"\nMixture fits to the codes of `{args.run}` (full covariance, fit seeds {seeds})", "",
+             "| EM iterations (cap) | codes fitted | components (fitted) | fit seed | fit s | FD | precision | recall | KL |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for iters, codes, components in settings:
-        prior = _CappedPrior(components, nz, iters)
-        t0 = time.perf_counter()
-        prior.fit(fixed.codes, seed=0, max_codes=codes)
-        fit = time.perf_counter() - t0
-        z = prior(torch.randn(args.num_samples, nz + 1, generator=torch.Generator().manual_seed(31)))
-        m = fixed.score(sampler.decode(z).cpu())
-        lines.append(f"| {iters} | {min(codes, len(fixed.codes))} | {components} ({prior.fitted_components}) "
-                     f"| {fit:.1f} | {m['fd']:.2f} | {m['precision']:.3f} | {m['recall']:.3f} | {m['mode_kl']:.4f} |")
-        print(lines[-1], flush=True)
+        rows = []
+        for seed in args.fit_seeds:
+            prior = _CappedPrior(components, nz, iters)
+            t0 = time.perf_counter()
+            prior.fit(fixed.codes, seed=seed, max_codes=codes)
+            fit = time.perf_counter() - t0
+            z = prior(torch.randn(args.num_samples, nz + 1, generator=torch.Generator().manual_seed(31)))
+            m = fixed.score(sampler.decode(z).cpu())
+            rows.append([fit, m["fd"], m["precision"], m["recall"], m["mode_kl"]])
+            lines.append(_row(iters, min(codes, len(fixed.codes)), f"{components} ({prior.fitted_components})",
+                              str(seed), rows[-1]))
+            print(lines[-1], flush=True)
+        if len(rows) > 1:
+            mean = [sum(col) / len(col) for col in zip(*rows)]
+            lines.append(_row(iters, min(codes, len(fixed.codes)), str(components), "mean", mean))
+            print(lines[-1], flush=True)
     return emit(lines, args.out)
+
+
+def _row(iters: int, codes: int, components: str, seed: str, values: list[float]) -> str:
+    fit, fd, precision, recall, kl = values
+    return (f"| {iters} | {codes} | {components} | {seed} | {fit:.1f} | {fd:.2f} | {precision:.3f} | {recall:.3f} "
+            f"| {kl:.4f} |")
 
 
 if __name__ == "__main__":
