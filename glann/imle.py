@@ -77,7 +77,7 @@ def epoch_seconds_estimate(n: int, cfg: GlannConfig, device: torch.device) -> fl
     w = max(1, q // 8)
     match_codes(codes[:w], samples, ic, w, None if code_labels is None else code_labels[:w], sample_labels)
     steps(warm)
-    draw = search = train = math.inf
+    draw = knn = train = math.inf  # not `search`: that name is the k-NN function imported above
     for _ in range(2):
         sync()
         t0 = time.perf_counter()
@@ -90,9 +90,9 @@ def epoch_seconds_estimate(n: int, cfg: GlannConfig, device: torch.device) -> fl
         steps(probe // 2)
         sync()
         t3 = time.perf_counter()
-        draw, search, train = min(draw, t1 - t0), min(search, t2 - t1), min(train, t3 - t2)
+        draw, knn, train = min(draw, t1 - t0), min(knn, t2 - t1), min(train, t3 - t2)
     both = 2 if ic.precision_weight > 0 else 1  # precision_weight: a second search and forward of the same size
-    refresh = draw + both * search * n / q
+    refresh = draw + both * knn * n / q
     return refresh / ic.refresh_every + both * train / (probe // 2) * (n // batch)
 
 
