@@ -39,8 +39,8 @@ def scaled_residual(mapper: torch.nn.Module, scale: float, n: int = 5000) -> tup
     T = copy.deepcopy(mapper).eval()
     with torch.no_grad():
         T.net[-1].weight.mul_(scale)
-        p = T.prior(torch.randn(n, T.nz + 1, generator=torch.Generator().manual_seed(1)))
-        move = T.net(p).norm(dim=1).mean().item()
+        e = torch.randn(n, T.noise_dim, generator=torch.Generator().manual_seed(1))
+        move = (T(e) - T.prior(e[:, :T.nz + 1])).norm(dim=1).mean().item()
     return T, move
 
 
@@ -66,7 +66,14 @@ def main() -> int:
                    help="mixture start only: also score each trained mapper with its learnt residual f scaled by "
                         "these factors (0: the untrained mixture, 1: as trained), to see where along IMLE's step "
                         "the images are best")
+    p.add_argument("--score-last", action="store_true",
+                   help="with imle.keep_best: score each variant's last mapper, not the one keep_best would export "
+                        "(the held-out code FDs are still recorded and shown)")
     args = p.parse_args()
+    if args.score_last:
+        import glann.imle
+
+        glann.imle._keep_best = lambda s, result: None  # train_imle then returns the last epoch's mapper
     run = Path(args.run)
     fixed = load_fixed_run(run, args.num_samples)
     base_cfg, cfg0, codes, G = fixed.raw, fixed.cfg, fixed.codes, fixed.generator
@@ -109,7 +116,8 @@ def main() -> int:
         m = fixed.score(sampler.sample(args.num_samples, seed=0))
         nn = res.nn_distances or [float("nan")]  # no epoch: a mixture prior's fit took the whole time
         info = {"epochs": len(res.epoch_seconds), "wall": wall, "nn_first": nn[0], "nn_last": nn[-1],
-                "kmeans_seconds": t_km, "spread": own_spread(res.mapper)}
+                "kmeans_seconds": t_km, "spread": own_spread(res.mapper), "holdout": res.holdout_fds,
+                "kept": res.kept_epoch}
         rows.append((name, " ".join(o for o in overrides if not o.startswith("model.class_counts"))
                      + (f" clusters={clusters} (k-means {t_km:.0f} s)" if clusters else ""), m, info))
         print(name, json.dumps({k: m[k] for k in ("fd", "precision", "recall", "classes_covered", "mode_kl")}), info,
@@ -128,12 +136,15 @@ def main() -> int:
                 print(rows[-1][:2], brief(m), flush=True)
     lines = [f"\n## IMLE on fixed codes of `{run}` ({args.seconds:g} s each; {platform.processor() or platform.machine()}, "
              f"{torch.get_num_threads()} threads, {args.num_samples} samples vs test, domain features)\n",
-             "| variant | overrides | epochs | nn_distance first -> last | own spread | FD | precision | recall | classes | KL |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| variant | overrides | epochs | nn_distance first -> last | held-out code FD start -> last (best) "
+             "| own spread | FD | precision | recall | classes | KL |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, over, m, info in rows:
         nn = f"{info['nn_first']:.3f} -> {info['nn_last']:.3f}" if "nn_first" in info else ""
+        h = info.get("holdout") or []
+        held = f"{h[0]:.5f} -> {h[-1]:.5f} ({min(h):.5f})" if h else ""
         spread = f"{info['spread']:.3f}" if info else ""
-        lines.append(f"| {name} | {over} | {info.get('epochs', '')} | {nn} | {spread} | {metric_cells(m)} |")
+        lines.append(f"| {name} | {over} | {info.get('epochs', '')} | {nn} | {held} | {spread} | {metric_cells(m)} |")
     return emit(lines, args.out)
 
 
