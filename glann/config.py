@@ -38,6 +38,9 @@ STAGES = ("glo", "imle", "gan")  # the stages that keep a checkpoint each
 REMOVED_KEYS: dict[str, tuple[Any, str]] = {
     "glo.code_noise": (0.0, "956a209"),  # decoder smoothing, benchmarks/glo_levers_cpu.md
     "imle.spread_weight": (0.0, "c6f076b"),  # IMLE's spread term, benchmarks/imle_study_cpu.md
+    "imle.pull": ("mse", "21da52c"),  # IMLE's energy-score pull, benchmarks/imle_study_cpu.md
+    "imle.energy_repulsion": (1.0, "21da52c"),  # (the same study)
+    "model.mapper_extra_noise": (0, "21da52c"),  # (the same study)
 }
 
 Check = tuple[bool, str]  # (the rule holds, the one-line error naming the key and the fix)
@@ -124,10 +127,6 @@ class ModelConfig:
     # by a learnt residual that starts at zero.
     mapper_prior: str = "gaussian"
     mapper_prior_components: int = 50
-    # Extra noise values the mapper's network sees beside its input, so that one input can map to a
-    # spread of latents (imle.pull=energy learns that spread). mixture: appended after the nz + 1
-    # values; gaussian: the last mapper_extra_noise of the noise_dim values. 0: none.
-    mapper_extra_noise: int = 0
     # Vector data (2-D mixtures) only: hidden widths of the MLP generator (PacGAN's: 4 x 400).
     mlp_hidden: List[int] = field(default_factory=lambda: [400, 400, 400, 400])
     # Set by training, not by hand: the training images per class of a class-conditional run
@@ -146,9 +145,6 @@ class ModelConfig:
              f"model.mapper_prior must be 'gaussian' or 'mixture', got '{self.mapper_prior}'"),
             (self.mapper_prior_components > 0,
              f"model.mapper_prior_components must be positive, got {self.mapper_prior_components}"),
-            (self.mapper_extra_noise >= 0 and (self.mapper_prior == "mixture" or self.mapper_extra_noise < self.noise_dim),
-             f"model.mapper_extra_noise must be >= 0 (and below model.noise_dim={self.noise_dim} with "
-             f"model.mapper_prior=gaussian), got {self.mapper_extra_noise}"),
         ]
 
 
@@ -238,13 +234,6 @@ class IMLEConfig:
     # codes. With imle.refresh_every > 1 a resume draws a fresh pool at once (the jitter is not
     # checkpointed).
     code_noise: float = 0.0
-    # How a code pulls its matched sample. mse: squared error to the code (IMLE). energy: the energy
-    # score (Gneiting & Raftery 2007) of the mapper's spread at that sample's input: for two draws of
-    # the extra noise (model.mapper_extra_noise > 0), x1 and x2, 0.5 (|x1 - z| + |x2 - z|) - 0.5 |x1 - x2|.
-    # A strictly proper score: its minimum is the distribution of the codes matched to an input, where
-    # squared error learns their mean, which contracts the samples (benchmarks/imle_study_cpu.md).
-    pull: str = "mse"
-    energy_repulsion: float = 1.0  # imle.pull=energy: the weight of -|x1 - x2| over 0.5 (1: the energy score; 0: an L1 pull)
     # Keep the best mapper, not the last: a tenth of the codes (at most `holdout`) is set aside, IMLE
     # trains on the rest, and after every epoch (and at the start) the mapper's samples are scored
     # against the held-out codes by their Fréchet distance in code space (no labels, no evaluation
@@ -272,7 +261,6 @@ class IMLEConfig:
             (self.samples_per_point > 0, "imle.samples_per_point must be positive"),
             (self.precision_weight >= 0, f"imle.precision_weight must be >= 0, got {self.precision_weight}"),
             (self.code_noise >= 0, f"imle.code_noise must be >= 0, got {self.code_noise}"),
-            (self.pull in ("mse", "energy"), f"imle.pull must be 'mse' or 'energy', got '{self.pull}'"),
             (self.holdout >= 2, f"imle.holdout must be >= 2 (codes held out for imle.keep_best), got {self.holdout}"),
             (self.rs_quantile is None or 0 < self.rs_quantile < 1,
              f"imle.rs_quantile must be in (0, 1) (or null: plain IMLE), got {self.rs_quantile}"),
@@ -528,8 +516,6 @@ def validate(cfg: GlannConfig) -> None:
          f"{'imle' if cfg.method == 'glann' else 'gan'}.conditional=true"),
         (not cfg.gan.virtual_batch_norm or cfg.model.batch_norm,
          "gan.virtual_batch_norm=true normalises the generator's batch-norm layers: set model.batch_norm=true"),
-        (cfg.imle.pull != "energy" or cfg.model.mapper_extra_noise > 0,
-         "imle.pull=energy learns the spread of the mapper's extra noise: set model.mapper_extra_noise (e.g. 16)"),
         (not (cfg.imle.conditional and cfg.model.mapper_prior == "mixture"),
          "model.mapper_prior=mixture is one mixture for all classes and takes no labels: with "
          "imle.conditional=true set model.mapper_prior=gaussian"),

@@ -341,11 +341,8 @@ def _imle_epoch(s: _IMLEState, cfg: GlannConfig, epoch: int, run: Optional[Run])
     for step in bar:
         s.cosine.set(epoch, step)
         idx = perm[step * s.batch:(step + 1) * s.batch]
-        if ic.pull == "energy":
-            loss = _energy_pull(s, s.match[idx], targets[idx], ic.sphere, ic.energy_repulsion)
-        else:
-            out = _map_pool(s, s.match[idx])
-            loss = F.mse_loss(sphere(out) if ic.sphere else out, targets[idx])
+        out = _map_pool(s, s.match[idx])
+        loss = F.mse_loss(sphere(out) if ic.sphere else out, targets[idx])
         if ic.precision_weight > 0:  # pull pool samples towards their nearest codes too
             j = pool_perm[step * pool_batch:(step + 1) * pool_batch]
             out_s = _map_pool(s, j)
@@ -361,22 +358,6 @@ def _imle_epoch(s: _IMLEState, cfg: GlannConfig, epoch: int, run: Optional[Run])
             if s.cosine.time_share >= 1.0:
                 break  # the budget ends mid-epoch: close this epoch and stop
     return tracker
-
-
-def _energy_pull(s: _IMLEState, rows: torch.Tensor, target: torch.Tensor, on_sphere: bool,
-                 repulsion: float = 1.0) -> torch.Tensor:
-    """imle.pull=energy: the energy score of the mapper at these pool rows' inputs against their codes,
-    from two fresh draws of the extra noise: 0.5 (|x1 - z| + |x2 - z|) - 0.5 |x1 - x2| (row means)."""
-    k, e = s.T.extra_noise, s.noise[rows]
-    redrawn = [torch.cat([e[:, :-k], torch.randn(len(e), k, generator=s.rng).to(e.device)], 1) for _ in range(2)]
-    labels = None if s.pool_labels is None else s.pool_labels[rows].repeat(2)
-    out = s.T_train(torch.cat(redrawn), labels)
-    x1, x2 = (sphere(out) if on_sphere else out).chunk(2)
-
-    def dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # smooth at 0: x1 = x2 at the mixture start
-        return ((a - b).square().sum(1) + 1e-12).sqrt()
-
-    return 0.5 * (dist(x1, target) + dist(x2, target)).mean() - 0.5 * repulsion * dist(x1, x2).mean()
 
 
 def _map_pool(s: _IMLEState, rows: torch.Tensor) -> torch.Tensor:

@@ -189,22 +189,20 @@ class Mapper(nn.Module):
     prior_components > 0 (model.mapper_prior=mixture): the noise is nz + 1 values, drawn through
     a Gaussian mixture fitted to the codes (`MixturePrior`), and T(e) = p + f(p) for that point p,
     with f's last layer zero at the start: IMLE starts from the mixture's samples and moves them.
-    extra_noise > 0: with the mixture, that many more noise values, which f sees beside p (T(e) =
-    p + f(p, u)); with Gaussian noise, the last extra_noise of its values. imle.pull=energy redraws them.
     """
 
     def __init__(self, noise_dim: int = 32, nz: int = 64, hidden: Sequence[int] = (128, 128), batch_norm: bool = True,
-                 num_classes: int = 0, prior_components: int = 0, extra_noise: int = 0):
+                 num_classes: int = 0, prior_components: int = 0):
         super().__init__()
         self.prior = MixturePrior(prior_components, nz) if prior_components else None
         if self.prior is not None:
-            noise_dim = nz + 1 + extra_noise
-        self.noise_dim, self.nz, self.num_classes, self.extra_noise = noise_dim, nz, num_classes, extra_noise
+            noise_dim = nz + 1
+        self.noise_dim, self.nz, self.num_classes = noise_dim, nz, num_classes
         self.class_embed = nn.Embedding(num_classes, noise_dim) if num_classes else None
         if self.class_embed is not None:
             nn.init.normal_(self.class_embed.weight, std=1.0)
         layers: list[nn.Module] = []
-        d = nz + extra_noise if self.prior is not None else noise_dim * (2 if num_classes else 1)
+        d = nz if self.prior is not None else noise_dim * (2 if num_classes else 1)
         for h in hidden:
             layers += [nn.Linear(d, h, bias=not batch_norm), nn.BatchNorm1d(h) if batch_norm else nn.Identity(),
                        nn.ReLU(inplace=True)]
@@ -217,8 +215,8 @@ class Mapper(nn.Module):
 
     def forward(self, e: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.prior is not None:
-            p = self.prior(e[:, :self.nz + 1])
-            return p + self.net(torch.cat([p, e[:, self.nz + 1:]], 1) if self.extra_noise else p)
+            p = self.prior(e)
+            return p + self.net(p)
         if self.class_embed is not None:
             if labels is None:
                 raise ValueError("this mapper is class-conditional: pass the labels of the samples")
@@ -437,7 +435,7 @@ def build_mapper(cfg: GlannConfig) -> Mapper:
     """The IMLE mapper: noise of `noise_size(cfg)` values -> model.nz latents."""
     m = cfg.model
     return Mapper(m.noise_dim, m.nz, m.mapper_hidden, m.mapper_batch_norm, num_classes(cfg, "glann"),
-                  m.mapper_prior_components if m.mapper_prior == "mixture" else 0, m.mapper_extra_noise)
+                  m.mapper_prior_components if m.mapper_prior == "mixture" else 0)
 
 
 def build_discriminator(cfg: GlannConfig, shape: Sequence[int]) -> Union[Discriminator, MLPDiscriminator]:
@@ -451,11 +449,10 @@ def build_discriminator(cfg: GlannConfig, shape: Sequence[int]) -> Union[Discrim
 
 def noise_size(cfg: GlannConfig) -> int:
     """Values of noise one sample takes: the GAN's z (model.nz), else the mapper's input
-    (model.noise_dim; nz + 1 + model.mapper_extra_noise with model.mapper_prior=mixture, see MixturePrior)."""
+    (model.noise_dim; nz + 1 with model.mapper_prior=mixture, see MixturePrior)."""
     if cfg.method == "gan":
         return cfg.model.nz
-    m = cfg.model
-    return m.nz + 1 + m.mapper_extra_noise if m.mapper_prior == "mixture" else m.noise_dim
+    return cfg.model.nz + 1 if cfg.model.mapper_prior == "mixture" else cfg.model.noise_dim
 
 
 def num_classes(cfg: GlannConfig, method: str) -> int:

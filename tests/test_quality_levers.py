@@ -355,45 +355,6 @@ def test_mixture_prior_mapper_starts_at_the_mixture_and_imle_moves_it(tiny):
     assert torch.equal(resumed.mapper.prior.means, saved)
 
 
-def _spread_at_one_input(T, n: int = 100, draws: int = 16) -> float:
-    """Mean distance between two draws of T's extra noise at the same mixture input, over n inputs."""
-    g = torch.Generator().manual_seed(5)
-    e = torch.randn(n, T.noise_dim, generator=g).repeat(draws, 1)
-    e[:, -T.extra_noise:] = torch.randn(n * draws, T.extra_noise, generator=g)
-    with torch.no_grad():
-        z = sphere(T.eval()(e)).view(draws, n, -1)
-    return (z[0::2] - z[1::2]).norm(dim=2).mean().item()
-
-
-def test_energy_pull_learns_a_spread_at_one_input_where_squared_error_does_not(tiny):
-    # One broad mixture component over three tight clusters: at a given mixture point the matched
-    # codes vary from refresh to refresh, and only the energy score asks the extra noise to cover them.
-    over = ["model.mapper_prior=mixture", "model.mapper_prior_components=1", "model.mapper_extra_noise=4",
-            "imle.epochs=6", "imle.lr=0.003"]
-    codes, _ = _three_clusters(tiny().model.nz)
-    spreads = {}
-    for pull in ("mse", "energy"):
-        T = train_imle(codes, tiny(*over, f"imle.pull={pull}")).mapper
-        assert T.noise_dim == tiny().model.nz + 1 + 4
-        spreads[pull] = _spread_at_one_input(T)
-    assert spreads["energy"] > 2 * spreads["mse"], spreads
-    with torch.no_grad():  # at the start (f = 0) the extra noise changes nothing: T is the mixture's sampler
-        T0 = train_imle(codes, tiny(*over, "imle.epochs=0")).mapper.eval()
-        e = torch.randn(20, T0.noise_dim, generator=torch.Generator().manual_seed(2))
-        assert torch.equal(T0(e), T0.prior(e[:, :T0.nz + 1]))
-
-
-def test_energy_pull_needs_extra_noise(tiny):
-    from glann.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="imle.pull=energy .* set model.mapper_extra_noise"):
-        tiny("imle.pull=energy")
-    with pytest.raises(ConfigError, match="imle.pull must be 'mse' or 'energy'"):
-        tiny("imle.pull=l1")
-    with pytest.raises(ConfigError, match="model.mapper_extra_noise must be >= 0"):
-        tiny("model.mapper_extra_noise=64")  # gaussian noise of noise_dim values: the extra ones are among them
-
-
 def test_mixture_prior_run_exports_and_samples_deterministically(tiny):
     from glann.sampler import Sampler
 
