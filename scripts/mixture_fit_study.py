@@ -6,11 +6,14 @@ samples against the test split).
     python scripts/mixture_fit_study.py RUN 200,20000 20,20000 10,20000 5,20000   # ITERS,CODES ...
     python scripts/mixture_fit_study.py RUN 10,20000,50 10,60000,200              # ITERS,CODES,COMPONENTS
     python scripts/mixture_fit_study.py RUN 10,20000 10,60000 --fit-seeds 0 1 2   # each setting at 3 fit seeds
+    python scripts/mixture_fit_study.py RUN 10,20000 --fit-seeds 0 1 2 3 --holdout 5000  # + imle.keep_best's score
 
 Prints one Markdown row per setting: EM iterations (at most), codes fitted, components asked for
 (50 unless given) and fitted (at most one per 4 nz codes, as MixturePrior.fit caps them), fit
 seconds, FD, precision, recall, KL; with several --fit-seeds one row per seed (another sample of the
-codes and another k-means start), then the mean. Every row draws the same noise and is scored
+codes and another k-means start), then the mean. --holdout H: H random codes are set aside before
+the fits, and each fit is also scored as imle.keep_best scores a mapper (the Fréchet distance in code
+space between HOLDOUT_SAMPLES of its samples and those codes, on the sphere). Every row draws the same noise and is scored
 against the same test images, so rows differ only by the fit. RUN is a GLANN run directory whose checkpoints/glo.pt holds the codes.
 """
 from __future__ import annotations
@@ -22,7 +25,9 @@ from pathlib import Path
 import torch
 from _variants import emit, load_fixed_run
 
-from glann.nets import MixturePrior
+from glann.evaluate.metrics import frechet_distance
+from glann.imle import HOLDOUT_SAMPLES
+from glann.nets import MixturePrior, sphere
 from glann.sampler import Sampler
 
 
@@ -44,6 +49,8 @@ def main() -> int:
                    help="ITERS,CODES[,COMPONENTS]: EM iterations at most, codes fitted, components (default 50)")
     p.add_argument("--num-samples", type=int, default=5000)
     p.add_argument("--fit-seeds", type=int, nargs="+", default=[0], help="fit each setting at these seeds")
+    p.add_argument("--holdout", type=int, default=0, metavar="H",
+                   help="set H random codes aside before fitting and score each fit on them (imle.keep_best's score)")
     p.add_argument("--out", help="append the table (Markdown) to this file")
     args = p.parse_args()
     settings = []
@@ -58,34 +65,45 @@ def main() -> int:
     fixed = load_fixed_run(Path(args.run), args.num_samples)
     sampler = Sampler(fixed.generator, None, fixed.cfg, "cpu")
     nz = fixed.codes.shape[1]
+    codes, held = fixed.codes, None
+    if args.holdout:
+        if not 0 < args.holdout < len(codes) // 2:
+            p.error(f"--holdout {args.holdout}: set aside fewer than half of the {len(codes)} codes")
+        order = torch.randperm(len(codes), generator=torch.Generator().manual_seed(3))
+        held, codes = sphere(codes[order[:args.holdout]]).double(), codes[order[args.holdout:]]
     seeds = " ".join(map(str, args.fit_seeds))
     lines = [f"\nMixture fits to the codes of `{args.run}` (full covariance, fit seeds {seeds})", "",
-             "| EM iterations (cap) | codes fitted | components (fitted) | fit seed | fit s | FD | precision | recall | KL |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for iters, codes, components in settings:
+             "| EM iterations (cap) | codes fitted | components (fitted) | fit seed | fit s | held-out code FD "
+             "| FD | precision | recall | KL |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for iters, max_codes, components in settings:
         rows = []
         for seed in args.fit_seeds:
             prior = _CappedPrior(components, nz, iters)
             t0 = time.perf_counter()
-            prior.fit(fixed.codes, seed=seed, max_codes=codes)
+            prior.fit(codes, seed=seed, max_codes=max_codes)
             fit = time.perf_counter() - t0
+            code_fd = float("nan")
+            if held is not None:
+                e = torch.randn(HOLDOUT_SAMPLES, nz + 1, generator=torch.Generator().manual_seed(4))
+                code_fd = frechet_distance(held, sphere(prior(e)).double())
             z = prior(torch.randn(args.num_samples, nz + 1, generator=torch.Generator().manual_seed(31)))
             m = fixed.score(sampler.decode(z).cpu())
-            rows.append([fit, m["fd"], m["precision"], m["recall"], m["mode_kl"]])
-            lines.append(_row(iters, min(codes, len(fixed.codes)), f"{components} ({prior.fitted_components})",
+            rows.append([fit, code_fd, m["fd"], m["precision"], m["recall"], m["mode_kl"]])
+            lines.append(_row(iters, min(max_codes, len(codes)), f"{components} ({prior.fitted_components})",
                               str(seed), rows[-1]))
             print(lines[-1], flush=True)
         if len(rows) > 1:
             mean = [sum(col) / len(col) for col in zip(*rows)]
-            lines.append(_row(iters, min(codes, len(fixed.codes)), str(components), "mean", mean))
+            lines.append(_row(iters, min(max_codes, len(codes)), str(components), "mean", mean))
             print(lines[-1], flush=True)
     return emit(lines, args.out)
 
 
 def _row(iters: int, codes: int, components: str, seed: str, values: list[float]) -> str:
-    fit, fd, precision, recall, kl = values
-    return (f"| {iters} | {codes} | {components} | {seed} | {fit:.1f} | {fd:.2f} | {precision:.3f} | {recall:.3f} "
-            f"| {kl:.4f} |")
+    fit, code_fd, fd, precision, recall, kl = values
+    return (f"| {iters} | {codes} | {components} | {seed} | {fit:.1f} | {code_fd:.5f} | {fd:.2f} | {precision:.3f} "
+            f"| {recall:.3f} | {kl:.4f} |")
 
 
 if __name__ == "__main__":
