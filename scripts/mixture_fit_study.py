@@ -7,6 +7,7 @@ samples against the test split).
     python scripts/mixture_fit_study.py RUN 10,20000,50 10,60000,200              # ITERS,CODES,COMPONENTS
     python scripts/mixture_fit_study.py RUN 10,20000 10,60000 --fit-seeds 0 1 2   # each setting at 3 fit seeds
     python scripts/mixture_fit_study.py RUN 10,20000 --fit-seeds 0 1 2 3 --holdout 5000  # + imle.keep_best's score
+    python scripts/mixture_fit_study.py RUN 10,20000 --fit-seeds 0 1 2 3 --ensemble 2   # + fits pooled in pairs
 
 Prints one Markdown row per setting: EM iterations (at most), codes fitted, components asked for
 (50 unless given) and fitted (at most one per 4 nz codes, as MixturePrior.fit caps them), fit
@@ -51,6 +52,9 @@ def main() -> int:
     p.add_argument("--fit-seeds", type=int, nargs="+", default=[0], help="fit each setting at these seeds")
     p.add_argument("--holdout", type=int, default=0, metavar="H",
                    help="set H random codes aside before fitting and score each fit on them (imle.keep_best's score)")
+    p.add_argument("--ensemble", type=int, default=0, metavar="K",
+                   help="also score the fits pooled K at a time (consecutive fit seeds): an equal-weight mixture "
+                        "of the K mixtures, sample j drawn from fit j mod K on the same noise")
     p.add_argument("--out", help="append the table (Markdown) to this file")
     args = p.parse_args()
     settings = []
@@ -77,7 +81,7 @@ def main() -> int:
              "| FD | precision | recall | KL |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for iters, max_codes, components in settings:
-        rows = []
+        rows, drawn = [], []
         for seed in args.fit_seeds:
             prior = _CappedPrior(components, nz, iters)
             t0 = time.perf_counter()
@@ -88,6 +92,7 @@ def main() -> int:
                 e = torch.randn(HOLDOUT_SAMPLES, nz + 1, generator=torch.Generator().manual_seed(4))
                 code_fd = frechet_distance(held, sphere(prior(e)).double())
             z = prior(torch.randn(args.num_samples, nz + 1, generator=torch.Generator().manual_seed(31)))
+            drawn.append(z)
             m = fixed.score(sampler.decode(z).cpu())
             rows.append([fit, code_fd, m["fd"], m["precision"], m["recall"], m["mode_kl"]])
             lines.append(_row(iters, min(max_codes, len(codes)), f"{components} ({prior.fitted_components})",
@@ -96,6 +101,15 @@ def main() -> int:
         if len(rows) > 1:
             mean = [sum(col) / len(col) for col in zip(*rows)]
             lines.append(_row(iters, min(max_codes, len(codes)), str(components), "mean", mean))
+            print(lines[-1], flush=True)
+        k = args.ensemble
+        for g in range(len(drawn) // k if k > 1 else 0):
+            pick = torch.arange(args.num_samples) % k  # sample j from fit j mod k of this group
+            z = torch.stack(drawn[g * k:(g + 1) * k])[pick, torch.arange(args.num_samples)]
+            m = fixed.score(sampler.decode(z).cpu())
+            group = "+".join(map(str, args.fit_seeds[g * k:(g + 1) * k]))
+            lines.append(_row(iters, min(max_codes, len(codes)), f"{k} x {components}", f"pooled {group}",
+                              [float("nan"), float("nan"), m["fd"], m["precision"], m["recall"], m["mode_kl"]]))
             print(lines[-1], flush=True)
     return emit(lines, args.out)
 
