@@ -14,8 +14,9 @@ Prints one Markdown row per setting: EM iterations (at most), codes fitted, comp
 seconds, FD, precision, recall, KL; with several --fit-seeds one row per seed (another sample of the
 codes and another k-means start), then the mean. --holdout H: H random codes are set aside before
 the fits, and each fit is also scored as imle.keep_best scores a mapper (the Fréchet distance in code
-space between HOLDOUT_SAMPLES of its samples and those codes, on the sphere). Every row draws the same noise and is scored
-against the same test images, so rows differ only by the fit. RUN is a GLANN run directory whose checkpoints/glo.pt holds the codes.
+space between HOLDOUT_SAMPLES of its samples and those codes, on the sphere). Every row draws the
+same noise and is scored against the same test images, so rows differ only by the fit. RUN is a
+GLANN run directory whose checkpoints/glo.pt holds the codes.
 """
 from __future__ import annotations
 
@@ -64,6 +65,9 @@ def main() -> int:
             p.error(f"setting '{spec}' is not ITERS,CODES or ITERS,CODES,COMPONENTS of positive whole numbers "
                     f"(e.g. 10,20000,50)")
         settings.append((*map(int, parts), 50)[:3])
+    if args.ensemble and not 1 < args.ensemble <= len(args.fit_seeds):
+        p.error(f"--ensemble {args.ensemble}: it pools K fits, so K must be 2 or more and --fit-seeds give at least K "
+                f"(got {len(args.fit_seeds)})")
     if not (Path(args.run) / "checkpoints" / "glo.pt").is_file():
         p.error(f"{args.run} holds no GLO codes (checkpoints/glo.pt); pass a GLANN run directory")
     fixed = load_fixed_run(Path(args.run), args.num_samples)
@@ -81,7 +85,7 @@ def main() -> int:
              "| FD | precision | recall | KL |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for iters, max_codes, components in settings:
-        rows, drawn = [], []
+        rows, drawn, fitted = [], [], min(max_codes, len(codes))
         for seed in args.fit_seeds:
             prior = _CappedPrior(components, nz, iters)
             t0 = time.perf_counter()
@@ -95,12 +99,11 @@ def main() -> int:
             drawn.append(z)
             m = fixed.score(sampler.decode(z).cpu())
             rows.append([fit, code_fd, m["fd"], m["precision"], m["recall"], m["mode_kl"]])
-            lines.append(_row(iters, min(max_codes, len(codes)), f"{components} ({prior.fitted_components})",
-                              str(seed), rows[-1]))
+            lines.append(_row(iters, fitted, f"{components} ({prior.fitted_components})", str(seed), rows[-1]))
             print(lines[-1], flush=True)
         if len(rows) > 1:
             mean = [sum(col) / len(col) for col in zip(*rows)]
-            lines.append(_row(iters, min(max_codes, len(codes)), str(components), "mean", mean))
+            lines.append(_row(iters, fitted, str(components), "mean", mean))
             print(lines[-1], flush=True)
         k = args.ensemble
         for g in range(len(drawn) // k if k > 1 else 0):
@@ -108,7 +111,7 @@ def main() -> int:
             z = torch.stack(drawn[g * k:(g + 1) * k])[pick, torch.arange(args.num_samples)]
             m = fixed.score(sampler.decode(z).cpu())
             group = "+".join(map(str, args.fit_seeds[g * k:(g + 1) * k]))
-            lines.append(_row(iters, min(max_codes, len(codes)), f"{k} x {components}", f"pooled {group}",
+            lines.append(_row(iters, fitted, f"{k} x {components}", f"pooled {group}",
                               [float("nan"), float("nan"), m["fd"], m["precision"], m["recall"], m["mode_kl"]]))
             print(lines[-1], flush=True)
     return emit(lines, args.out)
@@ -116,7 +119,8 @@ def main() -> int:
 
 def _row(iters: int, codes: int, components: str, seed: str, values: list[float]) -> str:
     fit, code_fd, fd, precision, recall, kl = values
-    return (f"| {iters} | {codes} | {components} | {seed} | {fit:.1f} | {code_fd:.5f} | {fd:.2f} | {precision:.3f} "
+    cells = [f"{fit:.1f}" if fit == fit else "", f"{code_fd:.5f}" if code_fd == code_fd else ""]  # nan: not measured
+    return (f"| {iters} | {codes} | {components} | {seed} | {cells[0]} | {cells[1]} | {fd:.2f} | {precision:.3f} "
             f"| {recall:.3f} | {kl:.4f} |")
 
 
