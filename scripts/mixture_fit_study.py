@@ -14,7 +14,7 @@ Prints one Markdown row per setting: EM iterations (at most), codes fitted, comp
 seconds, FD, precision, recall, KL; with several --fit-seeds one row per seed (another sample of the
 codes and another k-means start), then the mean. --holdout H: H random codes are set aside before
 the fits, and each fit is also scored as imle.keep_best scores a mapper (the Fréchet distance in code
-space between HOLDOUT_SAMPLES of its samples and those codes, on the sphere). Every row draws the
+space between HOLDOUT_SAMPLES of its samples and those codes: CodeFDCheck). Every row draws the
 same noise and is scored against the same test images, so rows differ only by the fit. RUN is a
 GLANN run directory whose checkpoints/glo.pt holds the codes.
 """
@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 from _variants import emit, load_fixed_run
 
-from glann.evaluate.metrics import frechet_distance
+from glann.evaluate.training import CodeFDCheck
 from glann.imle import HOLDOUT_SAMPLES
-from glann.nets import MixturePrior, sphere
+from glann.nets import MixturePrior
 from glann.sampler import Sampler
 
 
@@ -78,7 +78,9 @@ def main() -> int:
         if not 0 < args.holdout < len(codes) // 2:
             p.error(f"--holdout {args.holdout}: set aside fewer than half of the {len(codes)} codes")
         order = torch.randperm(len(codes), generator=torch.Generator().manual_seed(3))
-        held, codes = sphere(codes[order[:args.holdout]]).double(), codes[order[args.holdout:]]
+        # imle.keep_best's own score (its noise, its sphere), with a fit in place of the mapper
+        held = CodeFDCheck(codes[order[:args.holdout]], fixed.cfg, HOLDOUT_SAMPLES, torch.device("cpu"))
+        codes = codes[order[args.holdout:]]
     seeds = " ".join(map(str, args.fit_seeds))
     lines = [f"\nMixture fits to the codes of `{args.run}` (full covariance, fit seeds {seeds})", "",
              "| EM iterations (cap) | codes fitted | components (fitted) | fit seed | fit s | held-out code FD "
@@ -91,10 +93,7 @@ def main() -> int:
             t0 = time.perf_counter()
             prior.fit(codes, seed=seed, max_codes=max_codes)
             fit = time.perf_counter() - t0
-            code_fd = float("nan")
-            if held is not None:
-                e = torch.randn(HOLDOUT_SAMPLES, nz + 1, generator=torch.Generator().manual_seed(4))
-                code_fd = frechet_distance(held, sphere(prior(e)).double())
+            code_fd = float("nan") if held is None else held(prior)
             z = prior(torch.randn(args.num_samples, nz + 1, generator=torch.Generator().manual_seed(31)))
             drawn.append(z)
             m = fixed.score(sampler.decode(z).cpu())
